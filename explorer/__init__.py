@@ -1,0 +1,1 @@
+"""ASAP explorer: the Panel app over a run directory."""

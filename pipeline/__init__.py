@@ -1,0 +1,1 @@
+"""ASAP pipeline: image folders -> explained run directory."""

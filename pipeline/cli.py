@@ -1,0 +1,149 @@
+"""The ``asap`` command line: the one place where configuration is built from arguments."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .config import EncoderConfig, RunConfig, TrainConfig
+
+RUN_EPILOG = """\
+image layouts read (folder names case-insensitive):
+  <gen>/[<class>/]0_real|1_fake/     CNNDetection, UnivFD
+  <gen>/[train|val]/nature|ai/       GenImage
+  .../real|fake/...                  plain real/fake folders
+  real/ beside <generator>/ folders  one folder per generator
+  manifest.csv|.parquet              columns path,label[,generator,split]
+
+examples:
+  asap run path/to/benchmark --out runs/mine
+  asap run path/to/benchmark --out runs/mine --model ViT-B-32 --pretrained openai
+  asap run path/to/benchmark --out runs/mine --model ViT-B-32 --pretrained ./ViT-B-32.bin
+  asap run path/to/benchmark --out runs/mine --scheduler tcp://host:8786
+
+An interrupted run resumes when the same command is run again.
+"""
+
+
+def _add_run(sub) -> None:
+    p = sub.add_parser(
+        "run",
+        help="ingest + train (or load) the encoder + relevance maps + layout",
+        description="Turn a folder of real and AI-generated images into an explained run "
+        "directory that the explorer opens.",
+        epilog=RUN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("source", help="image folder, or a CSV/Parquet manifest")
+    p.add_argument("--out", required=True, help="run directory to create or resume")
+    m = p.add_argument_group("encoder")
+    m.add_argument(
+        "--model",
+        default="asap-tiny-vit-64",
+        help="open_clip ViT name (ViT-B-32, ViT-B-16, ...) or ASAP's asap-tiny-vit-64, "
+        "asap-small-vit-96 (default: %(default)s)",
+    )
+    m.add_argument(
+        "--pretrained",
+        default=None,
+        help="open_clip pretrained tag (e.g. openai; downloaded when online) or a local "
+        "checkpoint file; the tower is then frozen. Default: train from scratch",
+    )
+    m.add_argument("--encoder", default=None, help="reuse a trained ASAP encoder.pt, skip training")
+    m.add_argument("--text-projection", default=None, help="(256, E) .pt matrix to start from")
+    t = p.add_argument_group("training")
+    t.add_argument("--epochs", type=int, default=TrainConfig.epochs)
+    t.add_argument("--lr", type=float, default=TrainConfig.lr)
+    t.add_argument("--train-batch-size", type=int, default=TrainConfig.batch_size)
+    r = p.add_argument_group("pipeline")
+    r.add_argument("--partition-size", type=int, default=512, help="images per Dask task/file")
+    r.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    r.add_argument(
+        "--maps",
+        choices=["last", "all"],
+        default="last",
+        help="last: last block's gradient-weighted attention (default, ~1x a forward pass); "
+        "all: full multi-layer rollout (costs a backward pass per map)",
+    )
+    r.add_argument("--layout", choices=["umap", "pca"], default="umap")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--scheduler", default=None, help="address of an existing Dask scheduler")
+    r.add_argument("--workers", type=int, default=None, help="LocalCluster workers")
+    r.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+    r.add_argument("--fresh", action="store_true", help="delete the run directory and start over")
+    r.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def _add_info(sub) -> None:
+    p = sub.add_parser(
+        "info",
+        help="validate a run directory and print its summary and metrics",
+        description="Validate a run directory against the schema and print a JSON summary.",
+    )
+    p.add_argument("run", help="run directory")
+
+
+def build_config(a: argparse.Namespace) -> RunConfig:
+    return RunConfig(
+        source=a.source,
+        out=a.out,
+        encoder=EncoderConfig(
+            model_name=a.model, pretrained=a.pretrained, text_projection=a.text_projection
+        ),
+        train=TrainConfig(epochs=a.epochs, lr=a.lr, batch_size=a.train_batch_size, seed=a.seed),
+        encoder_checkpoint=a.encoder,
+        partition_size=a.partition_size,
+        batch_size=a.batch_size,
+        maps=a.maps,
+        layout=a.layout,
+        seed=a.seed,
+        scheduler=a.scheduler,
+        workers=a.workers,
+        device=a.device,
+        progress=not a.quiet,
+    )
+
+
+def _info(run_dir: str) -> dict:
+    from .schema import open_run
+
+    run = open_run(run_dir)
+    return {
+        "run": str(run.paths.root),
+        "schema_version": run.meta["schema_version"],
+        "model": run.meta.get("model"),
+        "images": len(run.images),
+        "features": len(run.features),
+        "rejects": len(run.rejects),
+        "map_shape": list(run.relevance.map_shape),
+        "timings": run.meta.get("timings"),
+        "metrics_test": run.metrics.get("test", {}).get("overall"),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="asap",
+        description="ASAP: find and explain the patterns that give AI-generated images away.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_run(sub)
+    _add_info(sub)
+    a = parser.parse_args(argv)
+    try:
+        if a.command == "run":
+            from .runner import run_pipeline
+
+            paths = run_pipeline(build_config(a), fresh=a.fresh)
+            print(paths.root)
+        elif a.command == "info":
+            print(json.dumps(_info(a.run), indent=2, default=str))
+    except (FileNotFoundError, ValueError, ConnectionError, RuntimeError) as e:
+        print(f"asap: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

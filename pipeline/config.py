@@ -1,0 +1,75 @@
+"""Frozen configuration dataclasses for the encoder, its training and a pipeline run."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    # any open_clip model name (ViT-B-32, ...) or one of ASAP's own (pipeline/model_configs)
+    model_name: str = "asap-tiny-vit-64"
+    # None: random init, trained from scratch; an open_clip tag ("openai"); or a checkpoint path
+    pretrained: str | None = None
+    # width of the text-disentangling projection (paper: 512 -> 256)
+    proj_dim: int = 256
+    # number of distilled dimensions (paper: 16)
+    distilled_dim: int = 16
+    # optional .pt file holding a (proj_dim, embed_dim) text-disentangling matrix to start from
+    text_projection: str | None = None
+
+    @property
+    def frozen_backbone(self) -> bool:
+        """Pretrained CLIP towers are frozen; towers trained from scratch are not."""
+        return self.pretrained is not None
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 20  # passes over the train split
+    batch_size: int = 32
+    lr: float = 5e-4  # AdamW learning rate (heads use 10x when the backbone is frozen)
+    weight_decay: float = 0.05
+    ortho_weight: float = 1e-2  # keeps the text projection close to orthogonal
+    seed: int = 0
+    # cache decoded, resized images in memory while training when they fit in this many bytes
+    cache_bytes: int = 2 << 30
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    source: str  # image folder, or a CSV/Parquet manifest
+    out: str  # run directory
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    encoder_checkpoint: str | None = None  # reuse a trained ASAP encoder instead of training
+    partition_size: int = 512  # images per Dask task / output file
+    batch_size: int = 64  # images per forward pass inside a partition
+    maps: str = "last"  # "last": last block (default, as in the paper); "all": full rollout
+    layout: str = "umap"  # "umap" or "pca"
+    seed: int = 0
+    scheduler: str | None = None  # address of an existing Dask scheduler; None: LocalCluster
+    workers: int | None = None  # LocalCluster workers; None: one per GPU, else one
+    device: str | None = None  # "cpu", "cuda"; None: cuda when the worker has one
+    max_pixels: int = 64_000_000  # decompression-bomb guard
+    min_side: int = 8  # smaller images are rejected
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.maps not in ("last", "all"):
+            raise ValueError(f"maps must be 'last' or 'all', got {self.maps!r}")
+        if self.layout not in ("umap", "pca"):
+            raise ValueError(f"layout must be 'umap' or 'pca', got {self.layout!r}")
+        if self.partition_size < 1 or self.batch_size < 1:
+            raise ValueError("partition_size and batch_size must be >= 1")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RunConfig:
+        d = dict(d)
+        d["encoder"] = EncoderConfig(**d.get("encoder", {}))
+        d["train"] = TrainConfig(**d.get("train", {}))
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})

@@ -1,0 +1,232 @@
+"""ASAP's encoder: an open_clip ViT image tower -> text-disentangling projection (512->256,
+orthogonal init) -> distiller (256->16, the "distilled" representation) -> real/fake head (16->1).
+
+Built by ``create_encoder`` from an EncoderConfig; saved with its config by ``save_encoder`` and
+rebuilt offline by ``load_encoder`` (the checkpoint holds the tower's weights too)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import EncoderConfig
+
+ASAP_MODEL_CONFIGS = Path(__file__).parent / "model_configs"
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+# Where a quick TCP probe checks that the model hub can be reached before open_clip tries (it
+# otherwise retries for most of a minute when offline). Override for tests or mirrors.
+HUB_PROBE_ENV = "ASAP_HUB_PROBE"
+DEFAULT_HUB_PROBE = "huggingface.co:443"
+
+
+class PretrainedUnavailable(RuntimeError):
+    """Pretrained weights are neither cached nor downloadable."""
+
+
+def _register_configs() -> None:
+    import open_clip
+
+    if "asap-tiny-vit-64" not in open_clip.list_models():
+        open_clip.add_model_config(ASAP_MODEL_CONFIGS)
+
+
+class ASAPEncoder(nn.Module):
+    def __init__(self, visual: nn.Module, embed_dim: int, cfg: EncoderConfig, preprocess: dict):
+        super().__init__()
+        self.cfg = cfg
+        self.visual = visual
+        self.preprocess = preprocess  # image_size, mean, std
+        self.text_projection = nn.Linear(embed_dim, cfg.proj_dim, bias=False)
+        nn.init.orthogonal_(self.text_projection.weight)
+        self.distiller = nn.Linear(cfg.proj_dim, cfg.distilled_dim)
+        self.head = nn.Linear(cfg.distilled_dim, 1)
+        # Temperature for calibrated p(fake) = sigmoid(logit / T), fitted on the val split.
+        self.register_buffer("temperature", torch.ones(()))
+
+    @property
+    def image_size(self) -> int:
+        return int(self.preprocess["image_size"])
+
+    def heads(self, emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """CLIP embedding (B, E) -> distilled (B, 16), fake logit (B,)."""
+        distilled = self.distiller(F.gelu(self.text_projection(emb)))
+        return distilled, self.head(distilled).squeeze(-1)
+
+    def forward(self, pixels: torch.Tensor):
+        emb = self.visual(pixels)  # (B, E)
+        distilled, logit = self.heads(emb)
+        return emb, distilled, logit
+
+    def p_fake(self, logit: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(logit / self.temperature)
+
+    def orthogonality_penalty(self) -> torch.Tensor:
+        w = self.text_projection.weight  # (P, E)
+        eye = torch.eye(w.shape[0], device=w.device, dtype=w.dtype)
+        return ((w @ w.T - eye) ** 2).mean()
+
+
+def _check_vit(visual: nn.Module, model_name: str) -> None:
+    from open_clip.transformer import VisionTransformer
+
+    if not isinstance(visual, VisionTransformer):
+        raise ValueError(
+            f"{model_name} has a {type(visual).__name__} image tower; ASAP's attention relevance "
+            "needs an open_clip VisionTransformer (ViT-*)."
+        )
+    if visual.attn_pool is not None or visual.pool_type != "tok":
+        raise ValueError(
+            f"{model_name} pools with {visual.pool_type!r}/attn_pool; ASAP needs CLS-token pooling."
+        )
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    host, _, port = os.environ.get(HUB_PROBE_ENV, DEFAULT_HUB_PROBE).rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _cached_pretrained(cfg: dict, cache_dir: str | None) -> str | None:
+    """The already-downloaded file for an open_clip pretrained cfg, without touching the network."""
+    hub = cfg.get("hf_hub", "")
+    if hub:
+        from huggingface_hub import try_to_load_from_cache
+
+        repo, filename = os.path.split(hub) if not hub.endswith("/") else (hub.rstrip("/"), "")
+        names = [filename] if filename else [
+            "open_clip_model.safetensors", "open_clip_pytorch_model.bin"
+        ]  # fmt: skip
+        for name in names:
+            hit = try_to_load_from_cache(repo, name, cache_dir=cache_dir)
+            if isinstance(hit, str) and os.path.isfile(hit):
+                return hit
+    url = cfg.get("url", "")
+    if url:
+        root = cache_dir or os.path.expanduser("~/.cache/clip")
+        path = os.path.join(root, os.path.basename(url.split("?")[0]))
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def _resolve_pretrained(model_name: str, pretrained: str, cache_dir: str | None) -> str:
+    """A local checkpoint path for ``pretrained`` (a tag or a file), downloading only if online."""
+    import open_clip
+    from open_clip.pretrained import download_pretrained, get_pretrained_cfg
+
+    if os.path.sep in pretrained or pretrained.endswith((".pt", ".bin", ".safetensors", ".pth")):
+        if not os.path.isfile(pretrained):
+            raise FileNotFoundError(f"checkpoint file {pretrained} does not exist")
+        return pretrained
+    cfg = get_pretrained_cfg(model_name, pretrained)
+    if not cfg:
+        tags = [t for m, t in open_clip.list_pretrained() if m == model_name]
+        raise ValueError(
+            f"{pretrained!r} is not a pretrained tag of {model_name}; known tags: {tags}, or pass "
+            "a checkpoint file path"
+        )
+    cached = _cached_pretrained(cfg, cache_dir)
+    if cached:
+        return cached
+    if not _hub_reachable():
+        raise PretrainedUnavailable(
+            f"pretrained weights {model_name}/{pretrained} are not cached and the model hub cannot "
+            "be reached. Download the checkpoint on a machine that is online (e.g. "
+            f"open_clip.create_model('{model_name}', pretrained='{pretrained}')) and pass the "
+            f"file with `--pretrained /path/to/{model_name}.bin`."
+        )
+    return download_pretrained(cfg, cache_dir=cache_dir)
+
+
+def _build_visual(cfg: EncoderConfig, load_weights: bool, cache_dir: str | None):
+    import open_clip
+    from open_clip.model import _build_vision_tower
+
+    _register_configs()
+    model_cfg = open_clip.get_model_config(cfg.model_name)
+    if model_cfg is None:
+        raise ValueError(
+            f"unknown model {cfg.model_name!r}; choose one of open_clip.list_models() "
+            f"(e.g. ViT-B-32) or {sorted(p.stem for p in ASAP_MODEL_CONFIGS.glob('*.json'))}"
+        )
+    embed_dim = model_cfg["embed_dim"]
+    if cfg.pretrained and load_weights:
+        ckpt = _resolve_pretrained(cfg.model_name, cfg.pretrained, cache_dir)
+        clip = open_clip.create_model(cfg.model_name, pretrained=ckpt)
+        visual = clip.visual
+    else:
+        visual = _build_vision_tower(
+            embed_dim, model_cfg["vision_cfg"], quick_gelu=model_cfg.get("quick_gelu", False)
+        )
+    _check_vit(visual, cfg.model_name)
+    pp = getattr(visual, "preprocess_cfg", {}) or {}
+    size = visual.image_size
+    preprocess = {
+        "image_size": int(size[0] if isinstance(size, (tuple, list)) else size),
+        "mean": tuple(pp.get("mean", OPENAI_MEAN)),
+        "std": tuple(pp.get("std", OPENAI_STD)),
+    }
+    return visual, embed_dim, preprocess
+
+
+def create_encoder(cfg: EncoderConfig, cache_dir: str | None = None) -> ASAPEncoder:
+    """Build an encoder; pretrained towers are loaded (cache, hub, or file) and frozen."""
+    visual, embed_dim, preprocess = _build_visual(cfg, load_weights=True, cache_dir=cache_dir)
+    model = ASAPEncoder(visual, embed_dim, cfg, preprocess)
+    if cfg.text_projection:
+        w = torch.load(cfg.text_projection, map_location="cpu", weights_only=True)
+        if tuple(w.shape) != tuple(model.text_projection.weight.shape):
+            raise ValueError(
+                f"text projection {cfg.text_projection} has shape {tuple(w.shape)}, expected "
+                f"{tuple(model.text_projection.weight.shape)} (proj_dim, embed_dim)"
+            )
+        model.text_projection.weight.data.copy_(w)
+    if cfg.frozen_backbone:
+        model.visual.requires_grad_(False)
+    return model
+
+
+def save_encoder(model: ASAPEncoder, path: Path, extra: dict | None = None) -> str:
+    """Save weights + config atomically; returns the file's sha256."""
+    from .schema import atomic_write
+
+    blob = {
+        "config": asdict(model.cfg),
+        "preprocess": model.preprocess,
+        "state_dict": model.state_dict(),
+        "extra": extra or {},
+    }
+    atomic_write(Path(path), lambda tmp: torch.save(blob, tmp))
+    return file_sha256(path)
+
+
+def load_encoder(path: str | Path, device: str = "cpu") -> ASAPEncoder:
+    """Rebuild a saved encoder without any download."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"encoder checkpoint {path} does not exist")
+    blob = torch.load(path, map_location="cpu", weights_only=False)
+    cfg = EncoderConfig(**blob["config"])
+    visual, embed_dim, _ = _build_visual(cfg, load_weights=False, cache_dir=None)
+    model = ASAPEncoder(visual, embed_dim, cfg, blob["preprocess"])
+    model.load_state_dict(blob["state_dict"])
+    return model.to(device).eval()
+
+
+def file_sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -1,0 +1,315 @@
+"""Orchestration: run the stages ingest -> train -> encode+explain -> layout on a Dask cluster
+(a LocalCluster by default, or an existing scheduler) into a run directory, resuming whatever a
+previous, interrupted run left done."""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import shutil
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import ingest as ingest_mod
+from .config import RunConfig
+from .layout import compute_layout
+from .schema import (
+    FEATURE_COLUMNS,
+    IMAGE_COLUMNS,
+    PART_FEATURE_COLUMNS,
+    REJECT_COLUMNS,
+    SCHEMA_VERSION,
+    RunDirectoryError,
+    RunPaths,
+    empty_table,
+    read_table,
+    write_json,
+    write_table,
+)
+
+log = logging.getLogger(__name__)
+INGEST_CHUNK = 256  # files per ingest task
+# Config fields a resumed run must share with the run it resumes (others may change).
+IDENTITY_FIELDS = ("source", "encoder", "train", "encoder_checkpoint", "partition_size", "maps")
+
+
+def _say(cfg: RunConfig, msg: str) -> None:
+    if cfg.progress:
+        print(f"[asap] {msg}", file=sys.stderr, flush=True)
+
+
+@contextmanager
+def dask_client(cfg: RunConfig):
+    """A client of the given scheduler, or of a new LocalCluster (one worker per GPU, else one)."""
+    from distributed import Client, LocalCluster
+
+    if cfg.scheduler:
+        try:
+            client = Client(cfg.scheduler, timeout="10s")
+        except OSError as e:
+            raise ConnectionError(
+                f"cannot reach the Dask scheduler at {cfg.scheduler}: {e}. Start one with "
+                "`dask scheduler` (and `dask worker ADDRESS` on each machine) or omit --scheduler."
+            ) from e
+        try:
+            yield client
+        finally:
+            client.close()
+        return
+    import torch
+
+    n = cfg.workers or max(1, torch.cuda.device_count())
+    cluster = LocalCluster(
+        n_workers=n,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=":0",
+        silence_logs=logging.ERROR,
+    )
+    client = Client(cluster)
+    try:
+        yield client
+    finally:
+        client.close()
+        cluster.close()
+
+
+def _torch_threads(cfg: RunConfig, client) -> int | None:
+    """CPU threads per worker for torch (Dask's nanny pins OMP to 1 thread otherwise)."""
+    if cfg.scheduler:
+        return None
+    n = len(client.scheduler_info()["workers"]) or 1
+    return max(1, (os.cpu_count() or 1) // n)
+
+
+def _versions() -> dict:
+    import dask
+    import open_clip
+    import torch
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "open_clip": open_clip.__version__,
+        "dask": dask.__version__,
+        "numpy": np.__version__,
+        "pandas": pd.__version__,
+    }
+
+
+def _init_meta(cfg: RunConfig, paths: RunPaths, fresh: bool) -> dict:
+    from .schema import read_run_json
+
+    if fresh and paths.root.exists():
+        shutil.rmtree(paths.root)
+    paths.create()
+    if paths.run_json.exists():
+        meta = read_run_json(paths.root)
+        old = meta["config"]
+        new = cfg.to_dict()
+        diff = [k for k in IDENTITY_FIELDS if old.get(k) != new.get(k)]
+        if diff:
+            raise RunDirectoryError(
+                f"{paths.root} holds a run with different {', '.join(diff)}; resume it with the "
+                "same settings, pass --fresh to start over, or choose another --out."
+            )
+        meta["config"] = new
+        return meta
+    meta = {
+        "schema_version": SCHEMA_VERSION,
+        "config": cfg.to_dict(),
+        "seed": cfg.seed,
+        "versions": _versions(),
+        "stages": {},
+        "timings": {},
+    }
+    write_json(paths.run_json, meta)
+    return meta
+
+
+def stage_ingest(cfg: RunConfig, paths: RunPaths, client) -> dict:
+    cands = ingest_mod.discover(cfg.source)
+    if not cands:
+        raise FileNotFoundError(
+            f"no image files found under {cfg.source}; expected e.g. 0_real/ and 1_fake/ folders "
+            "(see `asap run --help`)"
+        )
+    chunks = [cands[i : i + INGEST_CHUNK] for i in range(0, len(cands), INGEST_CHUNK)]
+    futs = client.map(
+        ingest_mod.inspect_candidates,
+        chunks,
+        max_pixels=cfg.max_pixels,
+        min_side=cfg.min_side,
+        pure=False,
+    )
+    results = client.gather(futs)
+    images = ingest_mod.finalize(pd.concat([r[0] for r in results], ignore_index=True))
+    rejects = pd.concat([r[1] for r in results], ignore_index=True)
+    if images.empty:
+        raise ValueError(
+            f"none of the {len(cands)} files under {cfg.source} could be used; "
+            f"reasons: {rejects['reason'].value_counts().to_dict()}"
+        )
+    write_table(paths.rejects, rejects, REJECT_COLUMNS)
+    write_table(paths.images, images, IMAGE_COLUMNS)  # written last: marks ingest done
+    return ingest_mod.summarize(images, rejects)
+
+
+def stage_train(cfg: RunConfig, paths: RunPaths, images: pd.DataFrame) -> dict:
+    import torch
+
+    from .encoder import create_encoder, load_encoder, save_encoder
+    from .train import train_encoder
+
+    if cfg.encoder_checkpoint:
+        model = load_encoder(cfg.encoder_checkpoint)
+        return {"encoder_sha256": save_encoder(model, paths.encoder), "trained": False}
+    torch.manual_seed(cfg.train.seed)
+    model = create_encoder(cfg.encoder)
+    device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    info = train_encoder(model, images, cfg.train, device=device)
+    sha = save_encoder(model.cpu(), paths.encoder, extra=info)
+    return {"encoder_sha256": sha, "trained": True, **info}
+
+
+def partitions(images: pd.DataFrame, size: int) -> list[pd.DataFrame]:
+    images = images.sort_values("id")
+    return [images.iloc[i : i + size] for i in range(0, len(images), size)]
+
+
+def stage_encode(cfg: RunConfig, paths: RunPaths, images: pd.DataFrame, sha: str, client) -> dict:
+    from distributed import as_completed
+
+    parts = partitions(images, cfg.partition_size)
+    todo = [i for i in range(len(parts)) if not paths.part_features(i).exists()]
+    _say(cfg, f"encode+explain: {len(parts)} partitions, {len(parts) - len(todo)} already done")
+    threads = _torch_threads(cfg, client)
+    limits = {"max_pixels": cfg.max_pixels, "min_side": cfg.min_side}
+    from .worker import encode_partition
+
+    futs = [
+        client.submit(
+            encode_partition,
+            i,
+            parts[i]["id"].to_numpy(),
+            parts[i]["path_bytes"].tolist(),
+            str(paths.root.resolve()),
+            str(paths.encoder.resolve()),
+            sha,
+            batch_size=cfg.batch_size,
+            maps=cfg.maps,
+            device=cfg.device,
+            torch_threads=threads,
+            limits=limits,
+            pure=False,
+            key=f"asap-encode-{sha[:12]}-{i}",
+        )
+        for i in todo
+    ]
+    t0 = time.perf_counter()
+    n = 0
+    bar = None
+    if cfg.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(futs), desc="partitions", unit="part", file=sys.stderr)
+    try:
+        for fut in as_completed(futs):
+            res = fut.result()
+            n += res["n"]
+            if bar:
+                bar.update(1)
+    finally:
+        if bar:
+            bar.close()
+    secs = time.perf_counter() - t0
+    return {"partitions": len(parts), "computed": len(todo), "images": n, "seconds": secs}
+
+
+def collect_features(paths: RunPaths, n_parts: int) -> pd.DataFrame:
+    frames = [read_table(paths.part_features(i), PART_FEATURE_COLUMNS) for i in range(n_parts)]
+    feats = pd.concat(frames, ignore_index=True) if frames else empty_table(PART_FEATURE_COLUMNS)
+    return feats.sort_values("id").reset_index(drop=True)
+
+
+def stage_layout(cfg: RunConfig, paths: RunPaths, images: pd.DataFrame) -> dict:
+    from .metrics import detection_metrics
+    from .schema import DISTILLED_COLUMNS
+
+    n_parts = len(partitions(images, cfg.partition_size))
+    feats = collect_features(paths, n_parts)
+    if feats["id"].duplicated().any():
+        raise RunDirectoryError(f"{paths.root}: duplicated ids across partitions")
+    xy = compute_layout(feats[DISTILLED_COLUMNS].to_numpy(np.float32), cfg.layout, cfg.seed)
+    feats["x"], feats["y"] = xy[:, 0], xy[:, 1]
+    part_rejects = [
+        read_table(paths.part_rejects(i), REJECT_COLUMNS)
+        for i in range(n_parts)
+        if paths.part_rejects(i).exists()
+    ]
+    if part_rejects:
+        rejects = read_table(paths.rejects, REJECT_COLUMNS)
+        rejects = pd.concat([rejects[rejects["stage"] != "encode"], *part_rejects])
+        write_table(paths.rejects, rejects, REJECT_COLUMNS)
+    write_table(paths.features, feats, FEATURE_COLUMNS)
+    joined = feats.merge(images[["id", "label", "generator", "source", "split"]], on="id")
+    test = joined[(joined["split"] == "test")]
+    metrics = {
+        "test": detection_metrics(test),
+        "all_splits": detection_metrics(joined),
+        "n_test": len(test),
+    }
+    write_json(paths.metrics, metrics)
+    return {"points": len(feats), "method": cfg.layout}
+
+
+def run_pipeline(cfg: RunConfig, fresh: bool = False) -> RunPaths:
+    """Run (or resume) every stage; returns the run directory's paths."""
+    paths = RunPaths(Path(cfg.out))
+    meta = _init_meta(cfg, paths, fresh)
+    stages, timings = meta.setdefault("stages", {}), meta.setdefault("timings", {})
+
+    def done(name: str, info: dict, t0: float) -> None:
+        stages[name] = info
+        timings[name] = round(time.perf_counter() - t0, 3)
+        write_json(paths.run_json, meta)
+
+    with dask_client(cfg) as client:
+        _say(cfg, f"Dask dashboard: {client.dashboard_link}")
+        if not paths.images.exists():
+            t0 = time.perf_counter()
+            _say(cfg, f"ingest: scanning {cfg.source}")
+            done("ingest", stage_ingest(cfg, paths, client), t0)
+            info = stages["ingest"]
+            _say(cfg, f"ingest: {info['images']} images, {info['rejected']} rejected")
+        images = read_table(paths.images, IMAGE_COLUMNS)
+        if not paths.encoder.exists():
+            t0 = time.perf_counter()
+            _say(cfg, "train: fitting the encoder on the train split")
+            done("train", stage_train(cfg, paths, images), t0)
+        from .encoder import file_sha256
+
+        sha = file_sha256(paths.encoder)
+        meta["model"] = {
+            "name": cfg.encoder.model_name,
+            "pretrained": cfg.encoder.pretrained,
+            "sha256": sha,
+        }
+        t0 = time.perf_counter()
+        enc = stage_encode(cfg, paths, images, sha, client)
+        if enc["computed"] or "encode" not in stages:
+            done("encode", enc, t0)
+    t0 = time.perf_counter()
+    _say(cfg, f"layout: {cfg.layout}")
+    done("layout", stage_layout(cfg, paths, images), t0)
+    meta["config_effective"] = asdict(cfg)
+    write_json(paths.run_json, meta)
+    _say(cfg, f"done: {paths.root}")
+    return paths

@@ -1,0 +1,263 @@
+"""The run-directory contract: schema version, file names, columns, dtypes, array shapes, and the
+functions that validate and open a run directory. Nothing else in ASAP spells a path or column name.
+
+Layout of a run directory (schema version 1)::
+
+    run.json                       metadata: schema version, config, seed, model, timings, stages
+    images.parquet                 every accepted image (IMAGE_COLUMNS), ordered by id
+    rejects.parquet                every file that could not be used, with a reason (REJECT_COLUMNS)
+    model/encoder.pt               encoder weights + config (pipeline.encoder.save_encoder)
+    model/metrics.json             held-out metrics: accuracy, AP, ROC-AUC, ECE, per generator
+    parts/features-NNNNN.parquet   per-partition features (FEATURE_COLUMNS without x, y)
+    parts/relevance-NNNNN.npy      per-partition maps, float16, shape (n, len(MAP_NAMES), gh, gw)
+    features.parquet               all features ordered by id, with the layout x, y
+
+A partition is complete when its features file exists: the relevance file is written first, and
+both are written atomically (temporary name, then ``os.replace``), so a killed run never leaves a
+half-written file under a final name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+SCHEMA_VERSION = 1
+
+N_DISTILLED = 16
+DISTILLED_COLUMNS = [f"d{i:02d}" for i in range(N_DISTILLED)]
+# Relevance map channels: the fake logit, its negation (authenticity), and each distilled dimension.
+MAP_NAMES = ["fake", "real", *DISTILLED_COLUMNS]
+
+LABEL_REAL, LABEL_FAKE = 0, 1
+LABEL_NAMES = {LABEL_REAL: "real", LABEL_FAKE: "fake"}
+SPLITS = ("train", "val", "test")
+
+RUN_JSON = "run.json"
+IMAGES_FILE = "images.parquet"
+REJECTS_FILE = "rejects.parquet"
+FEATURES_FILE = "features.parquet"
+MODEL_DIR = "model"
+ENCODER_FILE = "model/encoder.pt"
+METRICS_FILE = "model/metrics.json"
+PARTS_DIR = "parts"
+
+# column -> numpy/pandas dtype. `path` is for display (undecodable bytes escaped); `path_bytes`
+# holds the exact file-system name so that non-UTF-8 names still open.
+IMAGE_COLUMNS = {
+    "id": "int64",
+    "path": "string",
+    "path_bytes": "object",
+    "label": "int8",
+    "generator": "string",  # generator name for fakes, "real" for real images
+    "source": "string",  # data-set folder the image came from (groups reals with their fakes)
+    "split": "string",
+    "width": "int32",
+    "height": "int32",
+    "format": "string",
+    "mode": "string",
+    "file_size": "int64",
+    "sha": "string",  # blake2b-128 of the file bytes
+    "duplicate_of": "int64",  # id of the first identical file, -1 when unique
+}
+REJECT_COLUMNS = {"path": "string", "path_bytes": "object", "stage": "string", "reason": "string"}
+PART_FEATURE_COLUMNS = {
+    "id": "int64",
+    **{c: "float32" for c in DISTILLED_COLUMNS},
+    "logit": "float32",
+    "p_fake": "float32",  # temperature-calibrated probability of "fake"
+    "pred": "int8",
+    "part": "int32",  # partition number
+    "row": "int32",  # row inside the partition's relevance array
+}
+FEATURE_COLUMNS = {**PART_FEATURE_COLUMNS, "x": "float32", "y": "float32"}
+
+
+class RunDirectoryError(RuntimeError):
+    """A run directory is missing, partial, or of another schema version."""
+
+
+def part_name(kind: str, index: int, suffix: str) -> str:
+    return f"{kind}-{index:05d}{suffix}"
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Every path inside one run directory."""
+
+    root: Path
+
+    @property
+    def run_json(self) -> Path:
+        return self.root / RUN_JSON
+
+    @property
+    def images(self) -> Path:
+        return self.root / IMAGES_FILE
+
+    @property
+    def rejects(self) -> Path:
+        return self.root / REJECTS_FILE
+
+    @property
+    def features(self) -> Path:
+        return self.root / FEATURES_FILE
+
+    @property
+    def encoder(self) -> Path:
+        return self.root / ENCODER_FILE
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / METRICS_FILE
+
+    @property
+    def parts(self) -> Path:
+        return self.root / PARTS_DIR
+
+    def part_features(self, index: int) -> Path:
+        return self.parts / part_name("features", index, ".parquet")
+
+    def part_relevance(self, index: int) -> Path:
+        return self.parts / part_name("relevance", index, ".npy")
+
+    def part_rejects(self, index: int) -> Path:
+        return self.parts / part_name("rejects", index, ".parquet")
+
+    def create(self) -> RunPaths:
+        (self.root / MODEL_DIR).mkdir(parents=True, exist_ok=True)
+        self.parts.mkdir(exist_ok=True)
+        return self
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call ``write(tmp_path)`` then rename onto ``path``, so readers never see a partial file."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_json(path: Path, obj: dict) -> None:
+    def _write(tmp: Path) -> None:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
+
+    atomic_write(path, _write)
+
+
+def write_table(path: Path, df, columns: dict) -> None:
+    """Write ``df`` as Parquet with exactly ``columns`` (order and dtypes), atomically."""
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ValueError(f"table for {path.name} lacks columns {missing}")
+    out = df[list(columns)].astype({c: t for c, t in columns.items() if t != "object"})
+    atomic_write(path, lambda tmp: out.to_parquet(tmp, index=False))
+
+
+def read_table(path: Path, columns: dict):
+    import pandas as pd
+
+    df = pd.read_parquet(path)
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise RunDirectoryError(
+            f"{path} lacks columns {missing}; it was written by another ASAP version. "
+            "Re-run `asap run` with --fresh to rebuild it."
+        )
+    return df.astype({c: t for c, t in columns.items() if t != "object"})
+
+
+def empty_table(columns: dict):
+    import pandas as pd
+
+    return pd.DataFrame({c: pd.Series(dtype=t) for c, t in columns.items()})
+
+
+def read_run_json(root: Path) -> dict:
+    path = Path(root) / RUN_JSON
+    if not path.exists():
+        raise RunDirectoryError(
+            f"{root} is not an ASAP run directory (no {RUN_JSON}). "
+            "Create one with `asap run IMAGES --out DIR`."
+        )
+    meta = json.loads(path.read_text())
+    version = meta.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise RunDirectoryError(
+            f"{root} has schema version {version}, this ASAP reads version {SCHEMA_VERSION}. "
+            "Re-run the pipeline with this version (`asap run ... --fresh`)."
+        )
+    return meta
+
+
+class RelevanceStore:
+    """Memory-mapped access to the per-partition relevance arrays by (part, row)."""
+
+    def __init__(self, paths: RunPaths, parts: list[int]):
+        self._arrays = {p: np.load(paths.part_relevance(p), mmap_mode="r") for p in parts}
+        shapes = {a.shape[1:] for a in self._arrays.values()}
+        if len(shapes) > 1:
+            raise RunDirectoryError(f"relevance parts disagree on map shape: {sorted(shapes)}")
+        self.map_shape = shapes.pop() if shapes else (len(MAP_NAMES), 0, 0)
+
+    def get(self, part: int, row: int) -> np.ndarray:
+        """Maps of one image, shape (len(MAP_NAMES), gh, gw), float32."""
+        return np.asarray(self._arrays[int(part)][int(row)], dtype=np.float32)
+
+    def take(self, parts, rows) -> np.ndarray:
+        """Maps of many images, shape (n, len(MAP_NAMES), gh, gw), float32."""
+        out = np.empty((len(parts), *self.map_shape), dtype=np.float32)
+        for i, (p, r) in enumerate(zip(parts, rows)):
+            out[i] = self._arrays[int(p)][int(r)]
+        return out
+
+
+@dataclass
+class Run:
+    """An opened, validated run directory."""
+
+    paths: RunPaths
+    meta: dict
+    images: object  # pandas.DataFrame, IMAGE_COLUMNS
+    features: object  # pandas.DataFrame, FEATURE_COLUMNS
+    rejects: object  # pandas.DataFrame, REJECT_COLUMNS
+    relevance: RelevanceStore
+
+    @property
+    def metrics(self) -> dict:
+        return json.loads(self.paths.metrics.read_text()) if self.paths.metrics.exists() else {}
+
+
+def open_run(root) -> Run:
+    """Open a finished run directory, or raise RunDirectoryError saying what is missing."""
+    root = Path(root)
+    if not root.is_dir():
+        raise RunDirectoryError(f"run directory {root} does not exist")
+    meta = read_run_json(root)
+    paths = RunPaths(root)
+    for path, stage in ((paths.images, "ingest"), (paths.features, "layout")):
+        if not path.exists():
+            raise RunDirectoryError(
+                f"{root} is partial: {path.name} is missing (stage '{stage}' has not finished). "
+                f"Resume it with `asap run {meta.get('config', {}).get('source', 'IMAGES')} "
+                f"--out {root}`."
+            )
+    images = read_table(paths.images, IMAGE_COLUMNS)
+    features = read_table(paths.features, FEATURE_COLUMNS)
+    rejects = (
+        read_table(paths.rejects, REJECT_COLUMNS)
+        if paths.rejects.exists()
+        else empty_table(REJECT_COLUMNS)
+    )
+    parts = sorted(int(p) for p in features["part"].unique())
+    missing = [p for p in parts if not paths.part_relevance(p).exists()]
+    if missing:
+        raise RunDirectoryError(f"{root} is partial: relevance for partitions {missing} missing")
+    return Run(paths, meta, images, features, rejects, RelevanceStore(paths, parts))

@@ -1,0 +1,198 @@
+"""Train the encoder on the train split (supervised BCE), choose the epoch by validation loss, and
+fit the temperature of p(fake) on the val split.
+
+From scratch the whole tower trains end to end; a pretrained tower is frozen, so its embeddings are
+computed once and only the projection, distiller and head train on them."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from .config import TrainConfig
+from .encoder import ASAPEncoder
+from .imageio import ImageRejected, load_for_model, normalize
+
+log = logging.getLogger(__name__)
+
+
+def load_images(paths: list[bytes], size: int, threads: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """Decode + resize many files in a thread pool: (n, size, size, 3) uint8, ok mask (n,)."""
+
+    def one(p):
+        try:
+            return load_for_model(p, size)
+        except ImageRejected:
+            return None  # ingest checked every file; one that changed since is skipped
+
+    with ThreadPoolExecutor(threads) as pool:
+        arrs = list(pool.map(one, paths))
+    ok = np.array([a is not None for a in arrs], dtype=bool)
+    out = np.zeros((len(paths), size, size, 3), dtype=np.uint8)
+    for i, a in enumerate(arrs):
+        if a is not None:
+            out[i] = a
+    return out, ok
+
+
+class BatchSource:
+    """Uint8 image batches for a fixed set of files: from memory when they fit, else decoded."""
+
+    def __init__(self, paths: list[bytes], size: int, cache_bytes: int):
+        self.paths, self.size = list(paths), size
+        self.cached = len(paths) * size * size * 3 <= cache_bytes
+        self.arrays, self.ok = load_images(self.paths, size) if self.cached else (None, None)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def get(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.cached:
+            return self.arrays[idx], self.ok[idx]
+        return load_images([self.paths[i] for i in idx], self.size)
+
+
+def _pixels(model: ASAPEncoder, batch: np.ndarray, device) -> torch.Tensor:
+    return normalize(batch, model.preprocess["mean"], model.preprocess["std"]).to(device)
+
+
+@torch.no_grad()
+def _embed_all(model, src: BatchSource, batch_size: int, device) -> tuple[torch.Tensor, np.ndarray]:
+    model.eval()
+    embs, oks = [], []
+    for s in range(0, len(src), batch_size):
+        arr, ok = src.get(np.arange(s, min(s + batch_size, len(src))))
+        embs.append(model.visual(_pixels(model, arr, device)).cpu())
+        oks.append(ok)
+    return torch.cat(embs), np.concatenate(oks)
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Temperature minimising the validation NLL of sigmoid(logit / T) (grid over log T)."""
+    if len(logits) == 0 or labels.min() == labels.max():
+        return 1.0
+    z = torch.as_tensor(logits, dtype=torch.float64)
+    y = torch.as_tensor(labels, dtype=torch.float64)
+    temps = torch.exp(torch.linspace(-3, 4, 281, dtype=torch.float64))
+    nll = torch.stack([F.binary_cross_entropy_with_logits(z / t, y) for t in temps])
+    return float(temps[int(torch.argmin(nll))])
+
+
+def train_encoder(
+    model: ASAPEncoder, images: pd.DataFrame, cfg: TrainConfig, device: str = "cpu"
+) -> dict:
+    """Train in place on ``images`` rows of split train (val for selection + temperature)."""
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    usable = images[images["duplicate_of"] < 0]
+    train = usable[usable["split"] == "train"]
+    val = usable[usable["split"] == "val"]
+    if train["label"].nunique() < 2:
+        raise ValueError(
+            "the train split needs both real and fake images to train the encoder; found labels "
+            f"{sorted(train['label'].unique().tolist())}. Add images or pass --encoder CKPT."
+        )
+    size = model.image_size
+    t0 = time.perf_counter()
+    tr_src = BatchSource(train["path_bytes"].tolist(), size, cfg.cache_bytes)
+    va_src = BatchSource(val["path_bytes"].tolist(), size, cfg.cache_bytes)
+    y_tr = torch.as_tensor(train["label"].to_numpy(), dtype=torch.float32)
+    y_va = val["label"].to_numpy()
+    n_fake = float(y_tr.sum())
+    pos_weight = torch.tensor((len(y_tr) - n_fake) / max(n_fake, 1.0), device=device)
+    model.to(device)
+
+    frozen = model.cfg.frozen_backbone
+    if frozen:  # embeddings computed once; only the heads train
+        e_tr, ok_tr = _embed_all(model, tr_src, cfg.batch_size, device)
+        e_va, ok_va = _embed_all(model, va_src, cfg.batch_size, device)
+        params = [p for n, p in model.named_parameters() if not n.startswith("visual.")]
+        lr = cfg.lr * 10
+    else:
+        params = [p for p in model.parameters() if p.requires_grad]
+        lr = cfg.lr
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+    total = max(1, cfg.epochs * steps_per_epoch)
+    warmup = min(total // 10, 200)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt,
+        lambda s: (
+            (s + 1) / (warmup + 1)
+            if s < warmup
+            else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, total - warmup)))
+        ),
+    )
+
+    def forward_logits(idx, src, emb_cache, train_mode):
+        if frozen:
+            emb = emb_cache[idx].to(device)
+            return model.heads(emb)[1], None
+        arr, ok = src.get(idx)
+        if train_mode:  # horizontal flips only: forensic traces must not be blurred away
+            flip = rng.random(len(arr)) < 0.5
+            arr = np.where(flip[:, None, None, None], arr[:, :, ::-1], arr)
+        return model(_pixels(model, arr, device))[2], ok
+
+    def val_logits():
+        model.eval()
+        out = []
+        with torch.no_grad():
+            for s in range(0, len(va_src), cfg.batch_size):
+                idx = np.arange(s, min(s + cfg.batch_size, len(va_src)))
+                out.append(forward_logits(idx, va_src, e_va if frozen else None, False)[0].cpu())
+        return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
+
+    history, best = [], (float("inf"), None, -1)
+    for epoch in range(cfg.epochs):
+        model.train()
+        if frozen:
+            model.visual.eval()
+        perm = rng.permutation(len(train))
+        losses = []
+        for s in range(0, len(perm), cfg.batch_size):
+            idx = perm[s : s + cfg.batch_size]
+            logit, ok = forward_logits(idx, tr_src, e_tr if frozen else None, True)
+            keep = torch.as_tensor(ok_tr[idx] if frozen else ok, device=device)
+            y = y_tr[idx].to(device)
+            loss = (
+                F.binary_cross_entropy_with_logits(logit[keep], y[keep], pos_weight=pos_weight)
+                + cfg.ortho_weight * model.orthogonality_penalty()
+            )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(float(loss))
+        z = val_logits()
+        ok_v = ok_va if frozen else va_src.ok if va_src.cached else np.ones(len(z), bool)
+        v_loss = (
+            float(F.binary_cross_entropy_with_logits(
+                torch.as_tensor(z[ok_v]), torch.as_tensor(y_va[ok_v], dtype=torch.float32)))
+            if len(z) else float(np.mean(losses))
+        )  # fmt: skip
+        history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "val_loss": v_loss})
+        log.info("epoch %d train_loss %.4f val_loss %.4f", epoch, history[-1]["train_loss"], v_loss)
+        if v_loss < best[0]:
+            best = (v_loss, copy.deepcopy(model.state_dict()), epoch)
+    model.load_state_dict(best[1])
+    z = val_logits()
+    model.temperature.fill_(fit_temperature(z, y_va))
+    model.eval()
+    return {
+        "best_epoch": best[2],
+        "history": history,
+        "temperature": float(model.temperature),
+        "n_train": len(train),
+        "n_val": len(val),
+        "train_seconds": time.perf_counter() - t0,
+        "frozen_backbone": frozen,
+    }

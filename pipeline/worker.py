@@ -1,0 +1,156 @@
+"""One partition of encode + explain: read images, run the encoder and relevance maps in batches,
+write the partition's features and maps atomically. Runs inside a Dask worker (the model is loaded
+once per worker process) or in-process (the benchmark's bare loop calls ``encode_rows`` too)."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .encoder import ASAPEncoder, load_encoder
+from .imageio import ImageRejected, load_for_model, normalize
+from .relevance import explain
+from .schema import (
+    DISTILLED_COLUMNS,
+    PART_FEATURE_COLUMNS,
+    REJECT_COLUMNS,
+    RunPaths,
+    atomic_write,
+    write_table,
+)
+
+_MODELS: dict[tuple, ASAPEncoder] = {}  # per worker process: (path, sha, device) -> model
+
+
+def pick_device(preferred: str | None) -> str:
+    """The requested device, else this worker's GPU (one per worker, by worker name), else CPU."""
+    if preferred:
+        return preferred
+    if not torch.cuda.is_available():
+        return "cpu"
+    try:
+        from distributed import get_worker
+
+        index = int(str(get_worker().name).rsplit("-", 1)[-1])
+    except (ValueError, ImportError):
+        index = 0
+    return f"cuda:{index % torch.cuda.device_count()}"
+
+
+def cached_model(path: str, sha: str, device: str) -> ASAPEncoder:
+    key = (path, sha, device)
+    if key not in _MODELS:
+        _MODELS.clear()
+        _MODELS[key] = load_encoder(path, device).requires_grad_(False)
+    return _MODELS[key]
+
+
+def _load_batch(paths: list[bytes], size: int, limits: dict):
+    arrs, fails = [], []
+    for i, p in enumerate(paths):
+        try:
+            arrs.append(load_for_model(p, size, **limits))
+        except ImageRejected as e:  # changed on disk since ingest
+            fails.append((i, e.reason))
+    return arrs, fails
+
+
+def encode_rows(
+    model: ASAPEncoder,
+    paths: list[bytes],
+    *,
+    batch_size: int,
+    maps: str,
+    device: str,
+    limits: dict | None = None,
+):
+    """Encode + explain ``paths``: (index of each kept path, outputs dict, [(index, reason)])."""
+    limits = limits or {}
+    size, mean, std = model.image_size, model.preprocess["mean"], model.preprocess["std"]
+    n = len(paths)
+    batches = [list(range(s, min(s + batch_size, n))) for s in range(0, n, batch_size)]
+    kept, fails = [], []
+    out = {"distilled": [], "logit": [], "maps": []}
+    with ThreadPoolExecutor(1) as pool:  # decode the next batch while the model runs
+        if batches:
+            pending = pool.submit(_load_batch, [paths[i] for i in batches[0]], size, limits)
+        for b, idx in enumerate(batches):
+            arrs, bad = pending.result()
+            if b + 1 < len(batches):
+                nxt = [paths[i] for i in batches[b + 1]]
+                pending = pool.submit(_load_batch, nxt, size, limits)
+            bad_set = {i for i, _ in bad}
+            fails += [(idx[i], r) for i, r in bad]
+            good = [g for i, g in enumerate(idx) if i not in bad_set]
+            if not good:
+                continue
+            pixels = normalize(np.stack(arrs), mean, std).to(device)
+            ex = explain(model, pixels, maps)
+            kept += good
+            out["distilled"].append(ex.distilled.float().cpu().numpy())
+            out["logit"].append(ex.logit.float().cpu().numpy())
+            out["maps"].append(ex.maps.float().cpu().numpy())
+    if kept:
+        out = {k: np.concatenate(v) for k, v in out.items()}
+        out["p_fake"] = model.p_fake(torch.from_numpy(out["logit"])).numpy()
+    return kept, out, fails
+
+
+def save_npy(path: Path, arr: np.ndarray) -> None:
+    with open(path, "wb") as f:  # a file object: np.save would append ".npy" to a bare name
+        np.save(f, arr)
+
+
+def encode_partition(
+    part: int,
+    ids: np.ndarray,
+    paths: list[bytes],
+    run_root: str,
+    model_path: str,
+    model_sha: str,
+    *,
+    batch_size: int,
+    maps: str,
+    device: str | None,
+    torch_threads: int | None,
+    limits: dict,
+) -> dict:
+    """Compute and write one partition; a partition whose features file exists is skipped."""
+    run = RunPaths(Path(run_root))
+    if run.part_features(part).exists():
+        return {"part": part, "skipped": True, "n": len(ids), "seconds": 0.0}
+    t0 = time.perf_counter()
+    if torch_threads:
+        torch.set_num_threads(torch_threads)
+    device = pick_device(device)
+    model = cached_model(model_path, model_sha, device)
+    kept, out, fails = encode_rows(
+        model, paths, batch_size=batch_size, maps=maps, device=device, limits=limits
+    )
+    kept = np.asarray(kept, dtype=np.int64)
+    feats = pd.DataFrame({"id": ids[kept]})
+    for j, c in enumerate(DISTILLED_COLUMNS):
+        feats[c] = out["distilled"][:, j] if len(kept) else np.zeros(0, np.float32)
+    feats["logit"] = out["logit"] if len(kept) else np.zeros(0, np.float32)
+    feats["p_fake"] = out["p_fake"] if len(kept) else np.zeros(0, np.float32)
+    feats["pred"] = (feats["p_fake"] >= 0.5).astype(np.int8)
+    feats["part"] = part
+    feats["row"] = np.arange(len(kept), dtype=np.int32)
+    rel = out["maps"].astype(np.float16) if len(kept) else np.zeros((0,), np.float16)
+    # Order matters for resume: maps and rejects first, the features file last (it marks "done").
+    atomic_write(run.part_relevance(part), lambda tmp: save_npy(tmp, rel))
+    if fails:
+        from .ingest import display_path
+
+        rej = pd.DataFrame(
+            [(display_path(paths[i]), paths[i], "encode", r) for i, r in fails],
+            columns=list(REJECT_COLUMNS),
+        )
+        write_table(run.part_rejects(part), rej, REJECT_COLUMNS)
+    write_table(run.part_features(part), feats, PART_FEATURE_COLUMNS)
+    return {"part": part, "skipped": False, "n": len(kept), "seconds": time.perf_counter() - t0}

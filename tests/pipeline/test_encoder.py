@@ -1,0 +1,78 @@
+"""Encoder: shapes, orthogonal projection, save/load round trip, pretrained loading paths."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from pipeline.config import EncoderConfig
+from pipeline.encoder import (
+    HUB_PROBE_ENV,
+    PretrainedUnavailable,
+    create_encoder,
+    load_encoder,
+    save_encoder,
+)
+from tests.conftest import TINY
+
+
+def test_forward_shapes_and_orthogonal_projection():
+    torch.manual_seed(0)
+    model = create_encoder(EncoderConfig(model_name=TINY)).eval()
+    emb, distilled, logit = model(torch.randn(3, 3, 64, 64))
+    assert emb.shape == (3, 512) and distilled.shape == (3, 16) and logit.shape == (3,)
+    w = model.text_projection.weight
+    assert w.shape == (256, 512)
+    assert torch.allclose(w @ w.T, torch.eye(256), atol=1e-5)
+    assert all(p.requires_grad for p in model.visual.parameters()), "scratch tower must train"
+
+
+def test_save_load_round_trip(tmp_path):
+    torch.manual_seed(1)
+    model = create_encoder(EncoderConfig(model_name=TINY)).eval()
+    model.temperature.fill_(2.5)
+    x = torch.randn(2, 3, 64, 64)
+    save_encoder(model, tmp_path / "enc.pt")
+    loaded = load_encoder(tmp_path / "enc.pt")
+    for a, b in zip(model(x), loaded(x)):
+        assert torch.equal(a, b)
+    assert float(loaded.temperature) == 2.5
+
+
+def test_local_checkpoint_is_loaded_and_frozen(tmp_path):
+    import open_clip
+
+    from pipeline.encoder import _register_configs
+
+    _register_configs()
+    torch.manual_seed(2)
+    clip = open_clip.create_model(TINY)
+    ckpt = tmp_path / "tiny_clip.pt"
+    torch.save(clip.state_dict(), ckpt)
+    model = create_encoder(EncoderConfig(model_name=TINY, pretrained=str(ckpt)))
+    assert not any(p.requires_grad for p in model.visual.parameters())
+    ref = clip.visual.conv1.weight
+    assert torch.equal(model.visual.conv1.weight, ref)
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        create_encoder(EncoderConfig(model_name=TINY, pretrained=str(tmp_path / "missing.pt")))
+
+
+def test_uncached_pretrained_tag_fails_fast_offline(tmp_path, monkeypatch):
+    monkeypatch.setenv(HUB_PROBE_ENV, "127.0.0.1:9")  # closed port: the hub is unreachable
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # empty cache
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    t0 = time.perf_counter()
+    with pytest.raises(PretrainedUnavailable, match="--pretrained /path/to"):
+        create_encoder(EncoderConfig(model_name="ViT-B-32", pretrained="openai"))
+    assert time.perf_counter() - t0 < 15, "offline failure must not wait on hub retries"
+
+
+def test_bad_names_give_clear_errors():
+    with pytest.raises(ValueError, match="unknown model"):
+        create_encoder(EncoderConfig(model_name="ViT-Nope"))
+    with pytest.raises(ValueError, match="VisionTransformer"):
+        create_encoder(EncoderConfig(model_name="RN50"))
+    with pytest.raises(ValueError, match="not a pretrained tag"):
+        create_encoder(EncoderConfig(model_name="ViT-B-32", pretrained="no-such-tag"))

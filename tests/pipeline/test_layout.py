@@ -1,0 +1,36 @@
+"""Layout: reproducible from a seed, PCA and UMAP."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.layout import compute_layout
+
+
+def _blobs(seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.concatenate([rng.normal(0, 1, (60, 16)), rng.normal(6, 1, (60, 16))]).astype("f4")
+
+
+def test_pca_is_deterministic_and_separates_blobs():
+    x = _blobs()
+    a, b = compute_layout(x, "pca", 0), compute_layout(x.copy(), "pca", 0)
+    np.testing.assert_array_equal(a, b)
+    assert a.shape == (120, 2) and a.dtype == np.float32
+    assert abs(a[:60, 0].mean() - a[60:, 0].mean()) > 10
+
+
+def test_bad_input_is_named():
+    with pytest.raises(ValueError, match="2-D"):
+        compute_layout(np.zeros(5), "pca")
+    with pytest.raises(ValueError, match="umap"):
+        compute_layout(np.zeros((5, 3)), "tsne")
+
+
+@pytest.mark.slow
+def test_umap_is_reproducible_from_seed():
+    x = _blobs()
+    a, b = compute_layout(x, "umap", 7), compute_layout(x, "umap", 7)
+    np.testing.assert_array_equal(a, b)
+    assert np.isfinite(a).all()

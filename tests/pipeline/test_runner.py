@@ -1,0 +1,169 @@
+"""The Dask pipeline: the same rows and maps whatever the partitioning, a run killed with SIGKILL
+resumes with nothing duplicated or missing, hostile inputs end in the rejects table, and the run
+directory round-trips through the contract."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.config import RunConfig
+from pipeline.runner import run_pipeline
+from pipeline.schema import (
+    DISTILLED_COLUMNS,
+    FEATURE_COLUMNS,
+    RunDirectoryError,
+    open_run,
+    write_json,
+)
+from pipeline.synthetic import make_planted_dataset
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def small_set(tmp_path_factory):
+    root = tmp_path_factory.mktemp("small")
+    make_planted_dataset(root, 40, 40, seed=3, generator="gen_a")
+    make_planted_dataset(root, 0, 30, seed=4, generator="gen_b", artifact="stripes")
+    return root
+
+
+def _cfg(source, out, encoder, scheduler=None, **kw) -> RunConfig:
+    return RunConfig(
+        source=str(source),
+        out=str(out),
+        encoder_checkpoint=str(encoder),
+        layout="pca",
+        scheduler=scheduler,
+        progress=False,
+        **kw,
+    )
+
+
+def _maps(run) -> np.ndarray:
+    return run.relevance.take(run.features["part"], run.features["row"])
+
+
+def test_partitioning_does_not_change_results(small_set, random_encoder, dask_scheduler, tmp_path):
+    runs = []
+    for size in (110, 55, 28):  # 1, 2 and 4 partitions of 110 images
+        out = tmp_path / f"p{size}"
+        run_pipeline(_cfg(small_set, out, random_encoder, dask_scheduler, partition_size=size))
+        runs.append(open_run(out))
+    base = runs[0]
+    assert len(base.features) == len(base.images) == 110
+    assert sorted(base.features["part"].unique()) == [0]
+    assert sorted(runs[2].features["part"].unique()) == [0, 1, 2, 3]
+    for other in runs[1:]:
+        assert other.features["id"].tolist() == base.features["id"].tolist()
+        for col in [*DISTILLED_COLUMNS, "logit", "p_fake", "x", "y"]:
+            np.testing.assert_allclose(other.features[col], base.features[col], atol=1e-5)
+        np.testing.assert_allclose(_maps(other), _maps(base), atol=1e-3)  # float16 storage
+
+
+def test_round_trip_through_the_contract(small_set, random_encoder, dask_scheduler, tmp_path):
+    out = tmp_path / "rt"
+    run_pipeline(_cfg(small_set, out, random_encoder, dask_scheduler, partition_size=32))
+    run = open_run(out)
+    assert list(run.features.columns) == list(FEATURE_COLUMNS)
+    assert run.features["id"].is_unique and set(run.features["id"]) == set(run.images["id"])
+    assert set(run.images["generator"]) == {"real", "gen_a", "gen_b"}
+    maps = _maps(run)
+    assert maps.shape == (110, 18, 8, 8) and np.isfinite(maps).all() and (maps >= 0).all()
+    assert run.meta["model"]["sha256"] and run.meta["versions"]["torch"]
+    m = run.metrics["test"]
+    assert set(m["per_generator"]) == {"gen_a", "gen_b"}
+    assert 0 <= m["overall"]["accuracy"] <= 1
+    # a second run over a finished directory recomputes nothing
+    run_pipeline(_cfg(small_set, out, random_encoder, dask_scheduler, partition_size=32))
+    assert open_run(out).meta["stages"]["encode"]["computed"] == 4
+
+
+def test_resume_refuses_different_settings(small_set, random_encoder, dask_scheduler, tmp_path):
+    out = tmp_path / "r"
+    run_pipeline(_cfg(small_set, out, random_encoder, dask_scheduler, partition_size=64))
+    with pytest.raises(RunDirectoryError, match="partition_size"):
+        run_pipeline(_cfg(small_set, out, random_encoder, dask_scheduler, partition_size=32))
+
+
+def test_hostile_zoo_end_to_end(zoo, random_encoder, dask_scheduler, tmp_path):
+    root, expect = zoo
+    out = tmp_path / "zoo_run"
+    run_pipeline(_cfg(root, out, random_encoder, dask_scheduler, partition_size=8))
+    run = open_run(out)
+    readable = {p for p, r in expect.items() if r is None}
+    assert set(run.images["path_bytes"]) == readable
+    assert set(run.rejects["path_bytes"]) == set(expect) - readable
+    assert len(run.features) == len(readable)
+    assert run.rejects["reason"].str.len().min() > 5
+
+
+def _kill_when_partly_done(cmd: list[str], parts_dir: Path, total: int) -> None:
+    proc = subprocess.Popen(cmd, start_new_session=True, cwd=REPO)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        done = len(list(parts_dir.glob("features-*.parquet"))) if parts_dir.exists() else 0
+        if 2 <= done < total:
+            os.killpg(proc.pid, signal.SIGKILL)  # the driver, scheduler and workers at once
+            proc.wait()
+            return
+        time.sleep(0.02)
+    proc.kill()
+    pytest.fail("the run finished or stalled before it could be killed halfway")
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_without_duplicates_or_gaps(small_set, random_encoder, tmp_path):
+    args = ["--encoder", str(random_encoder), "--layout", "pca", "--partition-size", "8",
+            "--maps", "all", "--quiet", "--workers", "1"]  # fmt: skip
+    asap = [sys.executable, "-m", "pipeline.cli", "run", str(small_set)]
+    ref, killed = tmp_path / "ref", tmp_path / "killed"
+    subprocess.run([*asap, "--out", str(ref), *args], check=True, cwd=REPO)
+    _kill_when_partly_done([*asap, "--out", str(killed), *args], killed / "parts", total=14)
+    assert not (killed / "features.parquet").exists()
+    with pytest.raises(RunDirectoryError, match="partial"):
+        open_run(killed)
+    subprocess.run([*asap, "--out", str(killed), *args], check=True, cwd=REPO)
+    a, b = open_run(ref), open_run(killed)
+    assert b.meta["stages"]["encode"]["computed"] < 14, "resume recomputed everything"
+    assert b.features["id"].is_unique and len(b.features) == len(a.features) == 110
+    pd.testing.assert_frame_equal(a.features, b.features)
+    np.testing.assert_array_equal(_maps(a), _maps(b))
+    assert not list((killed / "parts").glob(".*tmp*")), "temporary files left behind"
+
+
+def test_open_run_errors_say_what_is_wrong(tmp_path):
+    with pytest.raises(RunDirectoryError, match="does not exist"):
+        open_run(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RunDirectoryError, match="not an ASAP run directory"):
+        open_run(tmp_path / "empty")
+    write_json(tmp_path / "empty" / "run.json", {"schema_version": 999})
+    with pytest.raises(RunDirectoryError, match="schema version 999"):
+        open_run(tmp_path / "empty")
+
+
+def test_cli_help_and_errors(tmp_path):
+    asap = [sys.executable, "-m", "pipeline.cli"]
+    out = subprocess.run([*asap, "--help"], capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0 and "run" in out.stdout and "info" in out.stdout
+    out = subprocess.run([*asap, "run", "--help"], capture_output=True, text=True, cwd=REPO)
+    for word in ("--pretrained", "--scheduler", "--maps", "0_real", "resumes"):
+        assert word in out.stdout
+    missing = tmp_path / "no_such_folder"
+    out = subprocess.run(
+        [*asap, "run", str(missing), "--out", str(tmp_path / "o"), "--quiet"],
+        capture_output=True, text=True, cwd=REPO,
+    )  # fmt: skip
+    assert out.returncode == 2 and str(missing) in out.stderr
+    out = subprocess.run([*asap, "info", str(tmp_path)], capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 2 and "not an ASAP run directory" in out.stderr
