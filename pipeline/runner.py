@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
+import dask
 import numpy as np
 import pandas as pd
 
@@ -35,6 +36,7 @@ from .schema import (
 )
 
 log = logging.getLogger(__name__)
+WORKER_MALLOC_KEY = "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"
 INGEST_CHUNK = 256  # files per ingest task
 # Config fields a resumed run must share with the run it resumes (others may change).
 IDENTITY_FIELDS = ("source", "encoder", "train", "encoder_checkpoint", "partition_size", "maps")
@@ -66,13 +68,17 @@ def dask_client(cfg: RunConfig):
     import torch
 
     n = cfg.workers or max(1, torch.cuda.device_count())
-    cluster = LocalCluster(
-        n_workers=n,
-        threads_per_worker=1,
-        processes=True,
-        dashboard_address=":0",
-        silence_logs=logging.ERROR,
-    )
+    # Dask's nanny sets MALLOC_TRIM_THRESHOLD_ for its workers, which turns off glibc's dynamic
+    # mmap threshold: every large activation tensor is then mmapped and page-faulted afresh, and
+    # the encoder ran 40% slower (benchmarks/pipeline.py). Unset it for ASAP's workers.
+    with dask.config.set({WORKER_MALLOC_KEY: None}):
+        cluster = LocalCluster(
+            n_workers=n,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=":0",
+            silence_logs=logging.ERROR,
+        )
     client = Client(cluster)
     try:
         yield client
