@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.asap-installed
 
-.PHONY: setup test test-fast lint bench clean
+.PHONY: setup test test-fast lint bench demo clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,12 @@ test: setup lint
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# Interim demo: a generated planted-artifact set (the photo/DCGAN demo set and the explorer are
+# open issues). Re-running reuses the data and resumes the run.
+demo: setup
+	$(BIN)/python data/build_planted.py --n 1000 --out data/planted
+	$(BIN)/asap run data/planted --out runs/planted
 
 bench: setup
 	$(BIN)/python benchmarks/pipeline.py --quick

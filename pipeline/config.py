@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 
 
 @dataclass(frozen=True)
@@ -65,11 +65,3 @@ class RunConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> RunConfig:
-        d = dict(d)
-        d["encoder"] = EncoderConfig(**d.get("encoder", {}))
-        d["train"] = TrainConfig(**d.get("train", {}))
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})

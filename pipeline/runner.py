@@ -36,7 +36,15 @@ from .schema import (
 )
 
 log = logging.getLogger(__name__)
-WORKER_MALLOC_KEY = "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"
+# Settings for the workers of ASAP's LocalCluster, both measured by benchmarks/pipeline.py:
+# - Dask's nanny sets MALLOC_TRIM_THRESHOLD_, which turns off glibc's dynamic mmap threshold: every
+#   large activation tensor is then mmapped and page-faulted afresh (forward pass 40% slower).
+# - the statistical profiler samples every thread's stack each 10 ms under the GIL (11% slower for
+#   the tiny model); the dashboard's other pages still work.
+WORKER_SETTINGS = {
+    "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+    "distributed.worker.profile.enabled": False,
+}
 INGEST_CHUNK = 256  # files per ingest task
 # Config fields a resumed run must share with the run it resumes (others may change).
 IDENTITY_FIELDS = ("source", "encoder", "train", "encoder_checkpoint", "partition_size", "maps")
@@ -68,10 +76,7 @@ def dask_client(cfg: RunConfig):
     import torch
 
     n = cfg.workers or max(1, torch.cuda.device_count())
-    # Dask's nanny sets MALLOC_TRIM_THRESHOLD_ for its workers, which turns off glibc's dynamic
-    # mmap threshold: every large activation tensor is then mmapped and page-faulted afresh, and
-    # the encoder ran 40% slower (benchmarks/pipeline.py). Unset it for ASAP's workers.
-    with dask.config.set({WORKER_MALLOC_KEY: None}):
+    with dask.config.set(WORKER_SETTINGS):
         cluster = LocalCluster(
             n_workers=n,
             threads_per_worker=1,

@@ -104,7 +104,7 @@ def train_encoder(
     t0 = time.perf_counter()
     tr_src = BatchSource(train["path_bytes"].tolist(), size, cfg.cache_bytes)
     va_src = BatchSource(val["path_bytes"].tolist(), size, cfg.cache_bytes)
-    y_tr = torch.as_tensor(train["label"].to_numpy(), dtype=torch.float32)
+    y_tr = torch.tensor(train["label"].to_numpy(), dtype=torch.float32)
     y_va = val["label"].to_numpy()
     n_fake = float(y_tr.sum())
     pos_weight = torch.tensor((len(y_tr) - n_fake) / max(n_fake, 1.0), device=device)
@@ -171,7 +171,7 @@ def train_encoder(
             loss.backward()
             opt.step()
             sched.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
         z = val_logits()
         ok_v = ok_va if frozen else va_src.ok if va_src.cached else np.ones(len(z), bool)
         v_loss = (
