@@ -75,14 +75,17 @@ def relevance_overhead(model, batch: int, device: str, repeats: int, maps: str) 
     return t_maps / t_embed, batch / t_embed, batch / t_maps
 
 
-def pipeline_efficiency(model, enc_path: Path, paths, work: Path, args, device: str) -> tuple:
+def pipeline_efficiency(
+    model, enc_path: Path, paths, work: Path, args, device: str, partition_size: int
+) -> tuple:
     """Bare loop and Dask encode stage, interleaved ``repeats`` times; medians of throughput."""
     images = pd.DataFrame({"id": np.arange(len(paths), dtype=np.int64), "path_bytes": paths})
     cfg = RunConfig(
         source=str(work),
         out=str(work / "run"),
-        partition_size=args.partition_size,
+        partition_size=partition_size,
         batch_size=args.batch_size,
+        maps=args.maps,
         workers=args.workers,
         device=device if device != "cpu" else None,
         progress=False,
@@ -93,13 +96,13 @@ def pipeline_efficiency(model, enc_path: Path, paths, work: Path, args, device: 
         # load the model and run one batch in every worker before timing, as in a long run
         def warm_up():
             m = cached_model(str(enc_path), sha, pick_device(cfg.device))
-            encode_rows(m, paths[: args.batch_size], batch_size=args.batch_size, maps="last",
+            encode_rows(m, paths[: args.batch_size], batch_size=args.batch_size, maps=args.maps,
                         device=pick_device(cfg.device))  # fmt: skip
 
         client.run(warm_up)
         for rep in range(args.repeats):
             t0 = time.perf_counter()
-            encode_rows(model, paths, batch_size=args.batch_size, maps="last", device=device)
+            encode_rows(model, paths, batch_size=args.batch_size, maps=args.maps, device=device)
             bare.append(len(paths) / (time.perf_counter() - t0))
             run = RunPaths(work / f"run{rep}").create()
             shutil.copy(enc_path, run.encoder)
@@ -134,7 +137,7 @@ def main() -> None:
             n = (args.n_large if big else args.n_tiny) or (
                 (32 if args.quick else 256) if big else (512 if args.quick else 4096)
             )
-            args.partition_size = args.partition_size or max(args.batch_size, n // 4)
+            partition_size = args.partition_size or max(args.batch_size, n // 4)
             work = Path(tmp) / name
             enc_path = work / "encoder.pt"
             paths = make_images(work / "images", n, model.image_size)
@@ -144,8 +147,9 @@ def main() -> None:
                 model, min(args.batch_size, 16) if big else 64, args.device,
                 2 if args.quick else 5, args.maps,
             )  # fmt: skip
-            e, bare_ips, dask_ips = pipeline_efficiency(model, enc_path, paths, work, args,
-                                                        args.device)  # fmt: skip
+            e, bare_ips, dask_ips = pipeline_efficiency(
+                model, enc_path, paths, work, args, args.device, partition_size
+            )
             results.append((r, e))
             print(
                 f"{name} device={args.device} images={n} threads={torch.get_num_threads()} "
@@ -154,7 +158,6 @@ def main() -> None:
                 f"pipeline {dask_ips:.1f} img/s (E={e:.3f})",
                 flush=True,
             )
-            args.partition_size = None
     r = max(r for r, _ in results)
     e = min(e for _, e in results)
     print(f"relevance_overhead={r:.3f} pipeline_efficiency={e:.3f}")

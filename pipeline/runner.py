@@ -11,7 +11,6 @@ import shutil
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import asdict
 from pathlib import Path
 
 import dask
@@ -320,7 +319,5 @@ def run_pipeline(cfg: RunConfig, fresh: bool = False) -> RunPaths:
     t0 = time.perf_counter()
     _say(cfg, f"layout: {cfg.layout}")
     done("layout", stage_layout(cfg, paths, images), t0)
-    meta["config_effective"] = asdict(cfg)
-    write_json(paths.run_json, meta)
     _say(cfg, f"done: {paths.root}")
     return paths
