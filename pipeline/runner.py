@@ -277,7 +277,7 @@ def stage_layout(cfg: RunConfig, paths: RunPaths, images: pd.DataFrame) -> dict:
         "n_test": len(test),
     }
     write_json(paths.metrics, metrics)
-    return {"points": len(feats), "method": cfg.layout}
+    return {"points": len(feats), "method": cfg.layout, "seed": cfg.seed}
 
 
 def run_pipeline(cfg: RunConfig, fresh: bool = False) -> RunPaths:
@@ -316,8 +316,12 @@ def run_pipeline(cfg: RunConfig, fresh: bool = False) -> RunPaths:
         enc = stage_encode(cfg, paths, images, sha, client)
         if enc["computed"] or "encode" not in stages:
             done("encode", enc, t0)
-    t0 = time.perf_counter()
-    _say(cfg, f"layout: {cfg.layout}")
-    done("layout", stage_layout(cfg, paths, images), t0)
+    # The layout is redone only when features changed or another method or seed is asked for.
+    prev = stages.get("layout", {})
+    current = prev.get("method") == cfg.layout and prev.get("seed") == cfg.seed
+    if enc["computed"] or not paths.features.exists() or not current:
+        t0 = time.perf_counter()
+        _say(cfg, f"layout: {cfg.layout}")
+        done("layout", stage_layout(cfg, paths, images), t0)
     _say(cfg, f"done: {paths.root}")
     return paths

@@ -85,7 +85,13 @@ def test_round_trip_through_the_contract(small_set, random_encoder, dask_schedul
     assert 0 <= m["overall"]["accuracy"] <= 1
     # a second run over a finished directory recomputes nothing
     stamps = {p.name: p.stat().st_mtime_ns for p in (out / "parts").iterdir()}
+    features_stamp = (out / "features.parquet").stat().st_mtime_ns
     run_pipeline(_cfg(small_set, out, random_encoder, dask_scheduler, partition_size=32))
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "parts").iterdir()} == stamps
+    assert (out / "features.parquet").stat().st_mtime_ns == features_stamp
+    # asking for another layout seed redoes the layout only
+    run_pipeline(_cfg(small_set, out, random_encoder, dask_scheduler, partition_size=32, seed=1))
+    assert (out / "features.parquet").stat().st_mtime_ns != features_stamp
     assert {p.name: p.stat().st_mtime_ns for p in (out / "parts").iterdir()} == stamps
 
 
