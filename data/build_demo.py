@@ -1,0 +1,337 @@
+"""Build ASAP's embedded demo data set, reproducibly and offline, from what PyPI wheels ship.
+
+    python data/build_demo.py --seed 0 --n 2000 --out data/demo
+
+Two domains, each holding real and fake images of one size, colour mode and file format:
+- faces (greyscale, 64 px PNG): real LFW faces from scikit-image's ``lfw_subset`` (25 px); fakes
+  from the pretrained DCGAN of ``gan-face-generate`` and from the two autoencoders below. Every
+  face, real or fake, goes through the same 25 px round trip (greyscale -> 25 px -> 64 px bicubic).
+- photos (RGB, 64 px PNG): random crops of the CC0 / public-domain / CC-BY photographs shipped by
+  scikit-image, scikit-learn and matplotlib; fakes are other crops of the same photographs passed
+  through a small autoencoder trained here for a minute or two: ``ae-deconv`` decodes with
+  transposed convolutions (the checkerboard fingerprint, as in latent-diffusion VAE decoders),
+  ``ae-upsample`` with nearest upsampling + convolutions.
+
+Layout: ``<source>/0_real/*.png`` (lfw, photos) and ``<generator>/1_fake/*.png`` (dcgan,
+ae-deconv, ae-upsample), plus ``manifest.csv`` (path, label, generator, domain, source, licence,
+sha) and ``baseline.json`` (how well trivial cues separate real from fake). Images are written in
+chunks, so ``--n 100000`` never holds the set in memory. Re-running with the same arguments reuses
+what is built.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from torch import nn
+
+SIZE = 64
+FACE_NATIVE = 25  # lfw_subset's resolution
+CHUNK = 256
+
+PHOTO_SOURCES = {  # name -> (loader, licence)
+    "astronaut": ("skimage:astronaut", "public domain (NASA)"),
+    "chelsea": ("skimage:chelsea", "CC0 (Stefan van der Walt)"),
+    "coffee": ("skimage:coffee", "CC0 (Rachel Michetti)"),
+    "rocket": ("skimage:rocket", "public domain (SpaceX)"),
+    "hubble_deep_field": ("skimage:hubble_deep_field", "public domain (NASA)"),
+    "retina": ("skimage:retina", "CC0 1.0"),
+    "china": ("sklearn:china.jpg", "CC BY 2.0 (danielbuechele, Flickr)"),
+    "flower": ("sklearn:flower.jpg", "CC BY 2.0 (vultilion, Flickr)"),
+    "grace_hopper": ("mpl:grace_hopper.jpg", "public domain (U.S. Navy)"),
+}
+LFW_LICENCE = "LFW (UMass Amherst), research use; via scikit-image lfw_subset"
+DCGAN_LICENCE = "MIT (gan-face-generate weights, trained on DigiFace1M)"
+AE_LICENCE = "generated here from the photographs above (their licences apply)"
+
+
+def load_photos() -> dict[str, np.ndarray]:
+    """The source photographs as (H, W, 3) uint8 arrays."""
+    import matplotlib.cbook
+    import skimage.data
+    from sklearn.datasets import load_sample_image
+
+    out = {}
+    for name, (spec, _) in PHOTO_SOURCES.items():
+        kind, key = spec.split(":")
+        if kind == "skimage":
+            arr = getattr(skimage.data, key)()
+        elif kind == "sklearn":
+            arr = load_sample_image(key)
+        else:
+            with matplotlib.cbook.get_sample_data(key) as f:
+                arr = np.asarray(Image.open(f).convert("RGB"))
+        out[name] = np.ascontiguousarray(arr[..., :3]).astype(np.uint8)
+    return out
+
+
+def load_lfw_faces() -> np.ndarray:
+    """The 100 real faces of lfw_subset (the other 100 entries are non-faces): (100, 25, 25)."""
+    import skimage.data
+
+    return (skimage.data.lfw_subset()[:100] * 255).round().astype(np.uint8)
+
+
+def photo_crop(rng: np.random.Generator, photos: dict, names: list[str]) -> tuple[str, np.ndarray]:
+    name = names[rng.integers(len(names))]
+    img = photos[name]
+    h, w = img.shape[:2]
+    side = int(rng.integers(SIZE, min(h, w, 3 * SIZE) + 1))
+    top, left = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+    crop = Image.fromarray(img[top : top + side, left : left + side])
+    crop = np.asarray(crop.resize((SIZE, SIZE), Image.Resampling.BICUBIC))
+    return name, crop[:, ::-1] if rng.random() < 0.5 else crop
+
+
+def face_round_trip(grey: np.ndarray) -> np.ndarray:
+    """Any face -> greyscale 25 px -> 64 px bicubic: identical degradation for real and fake."""
+    im = Image.fromarray(grey)
+    if im.size != (FACE_NATIVE, FACE_NATIVE):
+        im = im.resize((FACE_NATIVE, FACE_NATIVE), Image.Resampling.BOX)
+    return np.asarray(im.resize((SIZE, SIZE), Image.Resampling.BICUBIC))
+
+
+def real_face(rng: np.random.Generator, faces: np.ndarray) -> np.ndarray:
+    """An LFW face with a random flip and a shift of up to 2 px (edge padded) at 25 px."""
+    f = faces[rng.integers(len(faces))]
+    f = f[:, ::-1] if rng.random() < 0.5 else f
+    dy, dx = (int(v) for v in rng.integers(-2, 3, size=2))
+    f = np.roll(np.pad(f, 2, mode="edge"), (dy, dx), axis=(0, 1))[2:-2, 2:-2]
+    return face_round_trip(np.ascontiguousarray(f))
+
+
+class AutoEncoder(nn.Module):
+    """A small autoencoder (64 px -> 16x16x8 latent -> 64 px); ``decoder`` picks the family."""
+
+    def __init__(self, decoder: str):
+        super().__init__()
+        self.enc = nn.Sequential(
+            nn.Conv2d(3, 32, 4, 2, 1), nn.ReLU(), nn.Conv2d(32, 64, 4, 2, 1), nn.ReLU(),
+            nn.Conv2d(64, 8, 3, 1, 1),
+        )  # fmt: skip
+        if decoder == "deconv":
+            up = [
+                nn.ConvTranspose2d(64, 32, 4, 2, 1),
+                nn.ReLU(),
+                nn.ConvTranspose2d(32, 3, 4, 2, 1),
+            ]
+        elif decoder == "upsample":
+            up = [nn.Upsample(scale_factor=2), nn.Conv2d(64, 32, 3, 1, 1), nn.ReLU(),
+                  nn.Upsample(scale_factor=2), nn.Conv2d(32, 3, 3, 1, 1)]  # fmt: skip
+        else:
+            raise ValueError(f"decoder must be deconv or upsample, got {decoder!r}")
+        self.dec = nn.Sequential(nn.Conv2d(8, 64, 3, 1, 1), nn.ReLU(), *up, nn.Sigmoid())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 3, 64, 64) in [0, 1]
+        return self.dec(self.enc(x))
+
+
+def _to_tensor(batch: np.ndarray) -> torch.Tensor:
+    if batch.ndim == 3:  # greyscale faces -> 3 identical channels
+        batch = np.repeat(batch[..., None], 3, axis=-1)
+    return torch.from_numpy(batch.copy()).permute(0, 3, 1, 2).float() / 255
+
+
+def _to_uint8(x: torch.Tensor) -> np.ndarray:
+    return (x.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
+
+
+def train_autoencoder(decoder, photos, faces, steps, seed, cache: Path) -> AutoEncoder:
+    """Train on a mix of photo crops and faces; cached in ``cache`` for re-runs."""
+    torch.manual_seed(seed)  # before the model exists: its initial weights come from this seed
+    model = AutoEncoder(decoder)
+    if cache.exists():
+        model.load_state_dict(torch.load(cache, weights_only=True))
+        return model.eval()
+    rng = np.random.default_rng(seed)
+    names = sorted(photos)
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    for _ in range(steps):
+        batch = [photo_crop(rng, photos, names)[1] for _ in range(24)]
+        batch += [np.repeat(real_face(rng, faces)[..., None], 3, -1) for _ in range(8)]
+        x = _to_tensor(np.stack(batch))
+        loss = nn.functional.mse_loss(model(x), x)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    torch.save(model.state_dict(), cache)
+    return model.eval()
+
+
+def load_dcgan():
+    """The pretrained DCGAN face generator shipped in the gan-face-generate wheel."""
+    try:
+        import gan_face_generate
+        from gan_face_generate.models import Generator
+    except ImportError as e:
+        raise SystemExit(
+            "gan-face-generate is missing: pip install --no-deps gan-face-generate==1.1.1"
+        ) from e
+    net = Generator(0, 3, 100, 64)
+    weights = Path(gan_face_generate.__file__).parent / "weights.tar"
+    net.load_state_dict(
+        torch.load(weights, map_location="cpu", weights_only=False)["netG_state_dict"]
+    )
+    return net.eval()
+
+
+def plan(n: int) -> dict[tuple[str, str], int]:
+    """Image counts per (domain, generator): 40% faces, 60% photos, half of each fake."""
+    faces, photos = round(n * 0.4) // 2, (n - 2 * (round(n * 0.4) // 2)) // 2
+    return {
+        ("faces", "real"): faces,
+        ("faces", "dcgan"): faces - 2 * (faces // 4),
+        ("faces", "ae-deconv"): faces // 4,
+        ("faces", "ae-upsample"): faces // 4,
+        ("photos", "real"): photos,
+        ("photos", "ae-deconv"): photos // 2,
+        ("photos", "ae-upsample"): photos - photos // 2,
+    }
+
+
+def generate(domain, generator, count, seed, photos, faces, models, dcgan):
+    """Yield (source, licence, uint8 image) in chunks, for one (domain, generator)."""
+    # zlib.crc32, not hash(): str hashes change from process to process
+    rng = np.random.default_rng([seed, zlib.crc32(domain.encode()), zlib.crc32(generator.encode())])
+    torch.manual_seed(int(rng.integers(1 << 31)))
+    names = sorted(photos)
+    done = 0
+    while done < count:
+        k = min(CHUNK, count - done)
+        if domain == "faces" and generator == "real":
+            out = [("lfw", LFW_LICENCE, real_face(rng, faces)) for _ in range(k)]
+        elif domain == "faces" and generator == "dcgan":
+            with torch.no_grad():
+                rgb = _to_uint8((dcgan(torch.randn(k, 100, 1, 1)) + 1) / 2)
+            grey = [np.asarray(Image.fromarray(a).convert("L")) for a in rgb]
+            out = [("dcgan", DCGAN_LICENCE, face_round_trip(g)) for g in grey]
+        elif domain == "faces":
+            src = np.stack([real_face(rng, faces) for _ in range(k)])
+            with torch.no_grad():
+                rec = _to_uint8(models[generator](_to_tensor(src)))
+            out = [("lfw", AE_LICENCE, np.asarray(Image.fromarray(r).convert("L"))) for r in rec]
+        else:
+            crops = [photo_crop(rng, photos, names) for _ in range(k)]
+            if generator == "real":
+                out = [(nm, PHOTO_SOURCES[nm][1], c) for nm, c in crops]
+            else:
+                with torch.no_grad():
+                    rec = _to_uint8(models[generator](_to_tensor(np.stack([c for _, c in crops]))))
+                out = [(nm, AE_LICENCE, r) for (nm, _), r in zip(crops, rec)]
+        done += k
+        yield out
+
+
+def trivial_baseline(manifest: pd.DataFrame, root: Path, seed: int, limit: int = 4000) -> dict:
+    """5-fold accuracy of logistic regression on trivial cues (colour histogram, image size, file
+    size), overall and per domain. Balanced classes give 0.5 for no signal."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    df = manifest.sample(min(limit, len(manifest)), random_state=seed)
+    feats = []
+    for rel in df["path"]:
+        p = root / rel
+        arr = np.asarray(Image.open(p).convert("RGB"))
+        hist = [np.histogram(arr[..., c], bins=8, range=(0, 256))[0] / arr[..., c].size
+                for c in range(3)]  # fmt: skip
+        feats.append([*np.concatenate(hist), arr.shape[0], arr.shape[1], p.stat().st_size])
+    x, y = np.asarray(feats, dtype=np.float64), df["label"].to_numpy()
+
+    def score(mask, cols=slice(None)) -> float:
+        clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+        return float(cross_val_score(clf, x[mask][:, cols], y[mask], cv=5).mean())
+
+    everything = np.ones(len(df), bool)
+    out = {
+        "images": len(df),
+        "all_cues": score(everything),
+        "file_size_only": score(everything, [-1]),
+    }
+    for dom in sorted(df["domain"].unique()):
+        m = (df["domain"] == dom).to_numpy()
+        out[f"{dom}_all_cues"] = score(m)
+        out[f"{dom}_file_size_only"] = score(m, [-1])
+        out[f"{dom}_histogram_only"] = score(m, slice(0, 24))
+    return out
+
+
+def build(n: int, out: Path, seed: int, ae_steps: int, baseline: bool = True) -> pd.DataFrame:
+    from pipeline.imageio import content_hash
+
+    stamp = out / f".built-n{n}-seed{seed}-ae{ae_steps}"
+    if stamp.exists():
+        print(f"{out}: already built (n={n}, seed={seed})", file=sys.stderr)
+        return pd.read_csv(out / "manifest.csv")
+    if out.exists():
+        shutil.rmtree(out)
+    (out / "models").mkdir(parents=True)
+    t0 = time.perf_counter()
+    photos, faces = load_photos(), load_lfw_faces()
+    models = {
+        name: train_autoencoder(
+            dec, photos, faces, ae_steps, seed + i, out / "models" / f"{name}.pt"
+        )
+        for i, (name, dec) in enumerate((("ae-deconv", "deconv"), ("ae-upsample", "upsample")))
+    }
+    dcgan = load_dcgan()
+    print(f"generators ready in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    rows = []
+    for (domain, gen), count in plan(n).items():
+        label = 0 if gen == "real" else 1
+        folder = Path(
+            "lfw" if label == 0 and domain == "faces" else "photos" if label == 0 else gen
+        )
+        folder = folder / ("0_real" if label == 0 else "1_fake")
+        (out / folder).mkdir(parents=True, exist_ok=True)
+        i = 0
+        for chunk in generate(domain, gen, count, seed, photos, faces, models, dcgan):
+            for source, licence, arr in chunk:
+                rel = folder / f"{domain}_{gen}_{i:06d}.png"
+                Image.fromarray(arr).save(out / rel, optimize=False)
+                data = (out / rel).read_bytes()
+                rows.append(
+                    dict(path=str(rel), label=label, generator=gen, domain=domain,
+                         source=source, licence=licence, sha=content_hash(data))
+                )  # fmt: skip
+                i += 1
+    manifest = pd.DataFrame(rows)
+    manifest.to_csv(out / "manifest.csv", index=False)
+    info = {"n": len(manifest), "seed": seed, "ae_steps": ae_steps,
+            "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
+    if baseline:
+        info["trivial_baseline_accuracy"] = trivial_baseline(manifest, out, seed)
+    (out / "build.json").write_text(json.dumps(info, indent=2))
+    stamp.touch()
+    print(json.dumps(info, indent=2), file=sys.stderr)
+    return manifest
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", type=int, default=2000, help="images in total (half real)")
+    ap.add_argument("--out", default="data/demo")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--ae-steps", type=int, default=800, help="training steps per autoencoder")
+    ap.add_argument("--no-baseline", action="store_true", help="skip the trivial-cue baseline")
+    a = ap.parse_args()
+    if a.n < 20:
+        ap.error("--n must be at least 20")
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    build(a.n, Path(a.out), a.seed, a.ae_steps, baseline=not a.no_baseline)
+
+
+if __name__ == "__main__":
+    main()
