@@ -15,32 +15,29 @@ the models measured.
 
 from __future__ import annotations
 
-import os
-import sys
+import argparse
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
 
-# This file is named like the package it measures: drop its folder from the import path first.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
+try:  # must come before the package imports: see benchmarks/_isolate.py
+    import _isolate  # noqa: F401
+except ModuleNotFoundError:  # a Dask worker re-importing this script: the path is already clean
+    pass
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
 
-import argparse  # noqa: E402
-import shutil  # noqa: E402
-import statistics  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from pipeline.config import EncoderConfig, RunConfig  # noqa: E402
-from pipeline.encoder import create_encoder, file_sha256, save_encoder  # noqa: E402
-from pipeline.relevance import embed, explain  # noqa: E402
-from pipeline.runner import dask_client, stage_encode  # noqa: E402
-from pipeline.schema import RunPaths  # noqa: E402
-from pipeline.synthetic import texture  # noqa: E402
-from pipeline.worker import cached_model, encode_rows, pick_device  # noqa: E402
+from pipeline.config import EncoderConfig, RunConfig
+from pipeline.encoder import create_encoder, file_sha256, save_encoder
+from pipeline.relevance import embed, explain
+from pipeline.runner import dask_client, stage_encode
+from pipeline.schema import RunPaths
+from pipeline.synthetic import texture
+from pipeline.worker import cached_model, encode_rows, pick_device
 
 
 def make_images(folder: Path, n: int, size: int) -> list[bytes]:

@@ -1,0 +1,220 @@
+"""The explorer's data layer: one run's points as flat numpy columns, filters, box/lasso selection,
+and the per-cell statistics behind the overview's cell glyphs. Pure numpy (no Panel, no torch), so
+that it can be tested and benchmarked on millions of points without a browser.
+
+Costs are kept flat in the number of points: counts per cell are exact (``np.bincount``), while the
+representative image and the mean relevance pattern of a cell come from a bounded random sample of
+its points (``per_cell`` images), so a glyph never reads more than a few thousand maps."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.schema import LABEL_FAKE, open_run
+
+
+@dataclass(frozen=True)
+class Points:
+    """Columns of equal length n, row i = one image."""
+
+    id: np.ndarray  # int64
+    x: np.ndarray  # float32 layout
+    y: np.ndarray  # float32
+    label: np.ndarray  # int8, 0 real / 1 fake
+    p_fake: np.ndarray  # float32
+    pred: np.ndarray  # int8
+    generator: np.ndarray  # int16 codes into ``generators``
+    generators: tuple[str, ...]
+    part: np.ndarray | None = None  # int32, for relevance look-up
+    row: np.ndarray | None = None  # int32
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    @property
+    def error(self) -> np.ndarray:
+        return self.pred != self.label
+
+
+@lru_cache(maxsize=4)
+def load_points(run_dir: str) -> tuple[Points, object]:
+    """Points of a run directory and the opened run (cached per path, shared by sessions)."""
+    run = open_run(run_dir)
+    df = run.features.merge(run.images[["id", "label", "generator"]], on="id", how="left")
+    cats = df["generator"].astype("category")
+    pts = Points(
+        id=df["id"].to_numpy(np.int64),
+        x=df["x"].to_numpy(np.float32),
+        y=df["y"].to_numpy(np.float32),
+        label=df["label"].to_numpy(np.int8),
+        p_fake=df["p_fake"].to_numpy(np.float32),
+        pred=df["pred"].to_numpy(np.int8),
+        generator=cats.cat.codes.to_numpy(np.int16),
+        generators=tuple(str(c) for c in cats.cat.categories),
+        part=df["part"].to_numpy(np.int32),
+        row=df["row"].to_numpy(np.int32),
+    )
+    return pts, run
+
+
+@dataclass(frozen=True)
+class Filters:
+    labels: tuple[int, ...] | None = None  # keep these labels; None keeps all
+    generators: tuple[str, ...] | None = None
+    predicted: tuple[int, ...] | None = None
+    misclassified: bool | None = None  # True: errors only; False: correct only
+    score_range: tuple[float, float] = (0.0, 1.0)  # p(fake) bounds, inclusive
+
+
+def filter_mask(pts: Points, f: Filters) -> np.ndarray:
+    """Boolean mask of the points that pass every filter."""
+    lo, hi = f.score_range
+    if not 0.0 <= lo <= hi <= 1.0:
+        raise ValueError(f"score_range must satisfy 0 <= lo <= hi <= 1, got {f.score_range}")
+    mask = (pts.p_fake >= lo) & (pts.p_fake <= hi)
+    if f.labels is not None:
+        mask &= np.isin(pts.label, f.labels)
+    if f.predicted is not None:
+        mask &= np.isin(pts.pred, f.predicted)
+    if f.generators is not None:
+        unknown = set(f.generators) - set(pts.generators)
+        if unknown:
+            raise ValueError(f"unknown generators {sorted(unknown)}; known: {pts.generators}")
+        codes = [pts.generators.index(g) for g in f.generators]
+        mask &= np.isin(pts.generator, codes)
+    if f.misclassified is not None:
+        mask &= pts.error == f.misclassified
+    return mask
+
+
+def box_select(pts: Points, x0: float, x1: float, y0: float, y1: float, mask=None) -> np.ndarray:
+    """Row indices inside the box (edges included), restricted to ``mask``."""
+    x0, x1 = sorted((x0, x1))
+    y0, y1 = sorted((y0, y1))
+    inside = (pts.x >= x0) & (pts.x <= x1) & (pts.y >= y0) & (pts.y <= y1)
+    if mask is not None:
+        inside &= mask
+    return np.flatnonzero(inside)
+
+
+def lasso_select(pts: Points, polygon: np.ndarray, mask=None) -> np.ndarray:
+    """Row indices inside a closed polygon (k, 2), restricted to ``mask``."""
+    from matplotlib.path import Path as PolyPath
+
+    polygon = np.asarray(polygon, dtype=np.float64)
+    if polygon.ndim != 2 or polygon.shape[1] != 2 or len(polygon) < 3:
+        raise ValueError(f"a lasso needs at least 3 (x, y) vertices, got shape {polygon.shape}")
+    (x0, y0), (x1, y1) = polygon.min(axis=0), polygon.max(axis=0)
+    cand = box_select(pts, x0, x1, y0, y1, mask)  # cheap pre-filter by bounding box
+    xy = np.column_stack([pts.x[cand], pts.y[cand]])
+    return cand[PolyPath(polygon).contains_points(xy)]
+
+
+@dataclass
+class CellStats:
+    """Statistics of an nx-by-ny grid over a viewport; arrays of shape (ny, nx)."""
+
+    viewport: tuple[float, float, float, float]  # x0, x1, y0, y1
+    count: np.ndarray
+    n_fake: np.ndarray
+    mean_p_fake: np.ndarray  # NaN where empty
+    error_rate: np.ndarray  # NaN where empty
+    representative: np.ndarray  # row index of a representative image, -1 where empty
+    members: list = field(default_factory=list)  # per cell (row-major): sampled row indices
+
+    @property
+    def fake_share(self) -> np.ndarray:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(self.count > 0, self.n_fake / np.maximum(self.count, 1), np.nan)
+
+
+def cell_stats(
+    pts: Points,
+    viewport: tuple[float, float, float, float],
+    nx: int,
+    ny: int,
+    mask: np.ndarray | None = None,
+    per_cell: int = 16,
+    seed: int = 0,
+) -> CellStats:
+    """Aggregate the visible points into an nx-by-ny grid of cells.
+
+    Counts, fake counts, mean p(fake) and error rate are exact. Each cell's representative is the
+    sampled member whose p(fake) is closest to the cell's mean (a typical, not extreme, image), from
+    a random sample of at most ``per_cell`` members per cell, which ``members`` also returns for
+    the cell's mean relevance pattern."""
+    if nx < 1 or ny < 1:
+        raise ValueError(f"grid must be at least 1x1, got {nx}x{ny}")
+    x0, x1, y0, y1 = viewport
+    if not (x1 > x0 and y1 > y0):
+        raise ValueError(f"viewport must have x1 > x0 and y1 > y0, got {viewport}")
+    rows = box_select(pts, x0, x1, y0, y1, mask)
+    cx = np.minimum(((pts.x[rows] - x0) / (x1 - x0) * nx).astype(np.int64), nx - 1)
+    cy = np.minimum(((pts.y[rows] - y0) / (y1 - y0) * ny).astype(np.int64), ny - 1)
+    cell = cy * nx + cx
+    n = nx * ny
+    count = np.bincount(cell, minlength=n)
+    fake = np.bincount(cell, weights=pts.label[rows] == LABEL_FAKE, minlength=n)
+    psum = np.bincount(cell, weights=pts.p_fake[rows], minlength=n)
+    errs = np.bincount(cell, weights=pts.error[rows], minlength=n)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_p = np.where(count > 0, psum / np.maximum(count, 1), np.nan)
+        err = np.where(count > 0, errs / np.maximum(count, 1), np.nan)
+
+    # Bounded sample per cell: random keys, sort by (cell, key), keep the first per_cell of each.
+    rng = np.random.default_rng(seed)
+    take = rows
+    if len(rows) > per_cell * n * 8:  # thin very dense views first; keeps the sort small
+        keep = rng.random(len(rows)) < (per_cell * n * 8) / len(rows)
+        take, cell_t = rows[keep], cell[keep]
+    else:
+        cell_t = cell
+    order = np.lexsort((rng.random(len(take)), cell_t))
+    take, cell_t = take[order], cell_t[order]
+    starts = np.searchsorted(cell_t, np.arange(n))
+    ends = np.searchsorted(cell_t, np.arange(n), side="right")
+    members, rep = [], np.full(n, -1, dtype=np.int64)
+    for c in range(n):
+        m = take[starts[c] : min(ends[c], starts[c] + per_cell)]
+        members.append(m)
+        if len(m):
+            rep[c] = m[np.argmin(np.abs(pts.p_fake[m] - mean_p[c]))]
+    shape = (ny, nx)
+    return CellStats(
+        viewport=(x0, x1, y0, y1),
+        count=count.reshape(shape),
+        n_fake=fake.reshape(shape).astype(np.int64),
+        mean_p_fake=mean_p.reshape(shape),
+        error_rate=err.reshape(shape),
+        representative=rep.reshape(shape),
+        members=members,
+    )
+
+
+def mean_maps(run, pts: Points, rows: np.ndarray, channel: int = 0) -> np.ndarray:
+    """Mean relevance map (gh, gw) of ``rows`` for one map channel (0: fake); zeros if empty."""
+    gh, gw = run.relevance.map_shape[1:]
+    if len(rows) == 0:
+        return np.zeros((gh, gw), np.float32)
+    maps = run.relevance.take(pts.part[rows], pts.row[rows])[:, channel]
+    return maps.mean(axis=0)
+
+
+def export_manifest(pts: Points, run, rows: np.ndarray, path: str | Path) -> Path:
+    """Write the selected rows as a manifest (CSV or Parquet, by suffix) that `asap run` reads."""
+    path = Path(path)
+    ids = pts.id[rows]
+    table = run.images.set_index("id").loc[ids, ["path", "label", "generator", "split"]]
+    table = table.reset_index()
+    table["p_fake"] = pts.p_fake[rows]
+    if path.suffix.lower() == ".parquet":
+        table.to_parquet(path, index=False)
+    elif path.suffix.lower() == ".csv":
+        table.to_csv(path, index=False)
+    else:
+        raise ValueError(f"export path must end in .csv or .parquet, got {path.name}")
+    return path

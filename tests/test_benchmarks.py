@@ -1,0 +1,33 @@
+"""The benchmark scripts run end to end on tiny sizes and print their summary line (no timing is
+asserted: speed is measured by running the scripts, not by tests)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def _last_line(args: list[str]) -> str:
+    out = subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, cwd=REPO, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout.strip().splitlines()[-1]
+
+
+def test_pipeline_benchmark_runs():
+    line = _last_line(["benchmarks/pipeline.py", "--models", "asap-micro-vit-64",
+                       "--n-tiny", "64", "--repeats", "1"])  # fmt: skip
+    assert re.fullmatch(r"relevance_overhead=\d+\.\d+ pipeline_efficiency=\d+\.\d+", line), line
+
+
+def test_explorer_benchmark_runs():
+    line = _last_line(["benchmarks/explorer.py", "--sizes", "20000", "--repeats", "1"])
+    assert re.fullmatch(r"reaggregate_ms=\d+ glyphs_ms=\d+ select_1m_ms=\d+ rss_mb=\d+", line), line
