@@ -66,7 +66,8 @@ class ASAPEncoder(nn.Module):
         return emb, distilled, logit
 
     def p_fake(self, logit: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(logit / self.temperature)
+        # The temperature lives with the model (maybe on a GPU); the logit may come back on the CPU.
+        return torch.sigmoid(logit / self.temperature.to(logit.device))
 
     def orthogonality_penalty(self) -> torch.Tensor:
         w = self.text_projection.weight  # (P, E)
