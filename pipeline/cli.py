@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
-from .config import EncoderConfig, RunConfig, TrainConfig
+from .config import EncoderConfig, PatternConfig, RunConfig, TrainConfig
 
 RUN_EPILOG = """\
 image layouts read (folder names case-insensitive):
@@ -73,6 +74,15 @@ def _add_run(sub) -> None:
     r.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
     r.add_argument("--fresh", action="store_true", help="delete the run directory and start over")
     r.add_argument("--quiet", action="store_true", help="no progress output")
+    g = p.add_argument_group("patterns")
+    g.add_argument("--no-patterns", action="store_true", help="skip the pattern stage")
+    g.add_argument("--patterns", type=int, default=PatternConfig.n_patterns,
+                   help="number of patterns (0: chosen by silhouette, 2..12)")  # fmt: skip
+    g.add_argument("--patches-per-image", type=int, default=PatternConfig.patches_per_image)
+    g.add_argument("--pattern-feature", choices=["token", "spectrum", "both"], default="spectrum")
+    g.add_argument("--impact-images", type=int, default=PatternConfig.impact_images)
+    g.add_argument("--faithfulness-images", type=int, default=PatternConfig.faithfulness_images,
+                   help="images per partition with deletion/insertion curves")  # fmt: skip
 
 
 def _add_info(sub) -> None:
@@ -84,14 +94,40 @@ def _add_info(sub) -> None:
     p.add_argument("run", help="run directory")
 
 
+def _add_serve(sub) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="serve the explorer for a run directory",
+        description="Open the ASAP explorer (a Panel app) on a run directory.",
+    )
+    p.add_argument("run", help="run directory")
+    p.add_argument("--port", type=int, default=5006)
+    p.add_argument("--address", default=None, help="address to listen on (default: localhost)")
+    p.add_argument("--show", action="store_true", help="open a browser tab")
+    p.add_argument("--image-root", action="append", default=[],
+                   help="another folder the app may read images from (repeatable)")  # fmt: skip
+    p.add_argument("--allow-websocket-origin", action="append", default=[],
+                   help="host[:port] a browser may connect from, for remote access")  # fmt: skip
+
+
 def build_config(a: argparse.Namespace) -> RunConfig:
     return RunConfig(
-        source=a.source,
+        # absolute, so that the run's image paths open from any working directory (the explorer)
+        source=os.path.abspath(a.source),
         out=a.out,
         encoder=EncoderConfig(
             model_name=a.model, pretrained=a.pretrained, text_projection=a.text_projection
         ),
         train=TrainConfig(epochs=a.epochs, lr=a.lr, batch_size=a.train_batch_size, seed=a.seed),
+        patterns=PatternConfig(
+            enabled=not a.no_patterns,
+            n_patterns=a.patterns,
+            patches_per_image=a.patches_per_image,
+            feature=a.pattern_feature,
+            impact_images=a.impact_images,
+            faithfulness_images=a.faithfulness_images,
+            seed=a.seed,
+        ),
         encoder_checkpoint=a.encoder,
         partition_size=a.partition_size,
         batch_size=a.batch_size,
@@ -130,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_run(sub)
     _add_info(sub)
+    _add_serve(sub)
     a = parser.parse_args(argv)
     try:
         if a.command == "run":
@@ -139,6 +176,11 @@ def main(argv: list[str] | None = None) -> int:
             print(paths.root)
         elif a.command == "info":
             print(json.dumps(_info(a.run), indent=2, default=str))
+        elif a.command == "serve":
+            from explorer.server import serve
+
+            serve(a.run, a.port, a.address, a.show, tuple(a.image_root),
+                  tuple(a.allow_websocket_origin))  # fmt: skip
     except (FileNotFoundError, ValueError, ConnectionError, RuntimeError) as e:
         print(f"asap: error: {e}", file=sys.stderr)
         return 2

@@ -37,11 +37,37 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class PatternConfig:
+    enabled: bool = True  # run the pattern stage after the layout
+    patches_per_image: int = 6  # at most this many of each image's most relevant patches (fake map)
+    min_relative: float = 0.25  # ... and only those with relevance >= this share of the image's max
+    n_patterns: int = 8  # clusters (over-cluster; ranked by impact); 0: k by silhouette, 2..max
+    max_patterns: int = 12
+    feature: str = (
+        "spectrum"  # patch descriptor: "spectrum" (residual FFT), "token" (last block), both
+    )
+    sample: int = 20000  # patches in the sample that initialises k-means and picks k
+    impact_images: int = 64  # member images re-scored per pattern (and as many random controls)
+    faithfulness_images: int = 32  # images per partition with deletion/insertion curves
+    steps: int = 10  # deletion/insertion steps from 0 to 100% of the patches
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.feature not in ("token", "spectrum", "both"):
+            raise ValueError(
+                f"pattern feature must be token, spectrum or both, got {self.feature!r}"
+            )
+        if self.patches_per_image < 1 or self.steps < 1:
+            raise ValueError("patches_per_image and steps must be >= 1")
+
+
+@dataclass(frozen=True)
 class RunConfig:
     source: str  # image folder, or a CSV/Parquet manifest
     out: str  # run directory
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    patterns: PatternConfig = field(default_factory=PatternConfig)
     encoder_checkpoint: str | None = None  # reuse a trained ASAP encoder instead of training
     partition_size: int = 512  # images per Dask task / output file
     batch_size: int = 64  # images per forward pass inside a partition
@@ -65,3 +91,12 @@ class RunConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RunConfig:
+        """The inverse of to_dict (run.json's "config"); unknown keys are an error."""
+        nested = {"encoder": EncoderConfig, "train": TrainConfig, "patterns": PatternConfig}
+        kw = {
+            k: (nested[k](**v) if k in nested and isinstance(v, dict) else v) for k, v in d.items()
+        }
+        return cls(**kw)

@@ -316,12 +316,28 @@ def run_pipeline(cfg: RunConfig, fresh: bool = False) -> RunPaths:
         enc = stage_encode(cfg, paths, images, sha, client)
         if enc["computed"] or "encode" not in stages:
             done("encode", enc, t0)
-    # The layout is redone only when features changed or another method or seed is asked for.
-    prev = stages.get("layout", {})
-    current = prev.get("method") == cfg.layout and prev.get("seed") == cfg.seed
-    if enc["computed"] or not paths.features.exists() or not current:
-        t0 = time.perf_counter()
-        _say(cfg, f"layout: {cfg.layout}")
-        done("layout", stage_layout(cfg, paths, images), t0)
+        # The layout is redone only when features changed or another method or seed is asked for.
+        prev = stages.get("layout", {})
+        current = prev.get("method") == cfg.layout and prev.get("seed") == cfg.seed
+        if enc["computed"] or not paths.features.exists() or not current:
+            t0 = time.perf_counter()
+            _say(cfg, f"layout: {cfg.layout}")
+            done("layout", stage_layout(cfg, paths, images), t0)
+        if cfg.patterns.enabled:
+            from .patterns import stage_patterns
+
+            t0 = time.perf_counter()
+            _say(cfg, "patterns: top patches, clustering, impact, faithfulness")
+            info = stage_patterns(
+                cfg,
+                paths,
+                images,
+                partitions(images, cfg.partition_size),
+                sha,
+                client,
+                stages.get("patterns"),
+            )
+            if not info.get("reused"):
+                done("patterns", info, t0)
     _say(cfg, f"done: {paths.root}")
     return paths

@@ -11,6 +11,10 @@ Layout of a run directory (schema version 1)::
     parts/features-NNNNN.parquet   per-partition features (FEATURE_COLUMNS without x, y)
     parts/relevance-NNNNN.npy      per-partition maps, float16, shape (n, len(MAP_NAMES), gh, gw)
     features.parquet               all features ordered by id, with the layout x, y
+    patterns.parquet               discovered patterns, one row each (PATTERN_COLUMNS)
+    pattern_members.parquet        the patches assigned to each pattern (PATTERN_MEMBER_COLUMNS)
+    faithfulness.parquet           per-image deletion/insertion areas (FAITHFULNESS_COLUMNS)
+    parts/patches-NNNNN.npz        per-partition top patches and their features (pattern stage)
 
 A partition is complete when its features file exists: the relevance file is written first, and
 both are written atomically (temporary name, then ``os.replace``), so a killed run never leaves a
@@ -45,6 +49,9 @@ MODEL_DIR = "model"
 ENCODER_FILE = "model/encoder.pt"
 METRICS_FILE = "model/metrics.json"
 PARTS_DIR = "parts"
+PATTERNS_FILE = "patterns.parquet"
+PATTERN_MEMBERS_FILE = "pattern_members.parquet"
+FAITHFULNESS_FILE = "faithfulness.parquet"
 
 # column -> numpy/pandas dtype. `path` is for display (undecodable bytes escaped); `path_bytes`
 # holds the exact file-system name so that non-UTF-8 names still open.
@@ -75,6 +82,39 @@ PART_FEATURE_COLUMNS = {
     "row": "int32",  # row inside the partition's relevance array
 }
 FEATURE_COLUMNS = {**PART_FEATURE_COLUMNS, "x": "float32", "y": "float32"}
+PATTERN_COLUMNS = {
+    "pattern": "int32",
+    "n_patches": "int64",
+    "n_images": "int64",  # distinct member images
+    "n_fake_images": "int64",
+    "fake_share": "float32",  # n_fake_images / n_images
+    "impact": "float32",  # mean drop in p(fake) when the pattern's patches are masked
+    "impact_lo": "float32",  # 95% bootstrap interval of impact
+    "impact_hi": "float32",
+    "random_impact": "float32",  # same images, the same number of random patches masked
+    "random_lo": "float32",
+    "random_hi": "float32",
+    "top_dims": "string",  # distilled dimensions most associated, e.g. "d03,d11,d07"
+    "mean_gy": "float32",  # mean patch position, in grid cells
+    "mean_gx": "float32",
+}
+PATTERN_MEMBER_COLUMNS = {
+    "pattern": "int32",
+    "id": "int64",  # image id
+    "gy": "int16",  # patch row / column in the relevance grid
+    "gx": "int16",
+    "relevance": "float32",  # the patch's fake-map relevance
+    "distance": "float32",  # distance of the patch feature to the pattern centre
+    "exemplar": "int8",  # 1: among the most central, 2: among the most extreme, 0: other
+}
+FAITHFULNESS_COLUMNS = {
+    "id": "int64",
+    "p_fake": "float32",
+    "deletion_auc": "float32",  # area under p(fake) as the most relevant patches are removed
+    "insertion_auc": "float32",  # area as they are revealed on a blurred image
+    "deletion_auc_random": "float32",  # the same with a random order
+    "deletion_auc_attention": "float32",  # the same ordered by plain attention (no gradients)
+}
 
 
 class RunDirectoryError(RuntimeError):
@@ -118,6 +158,21 @@ class RunPaths:
     @property
     def parts(self) -> Path:
         return self.root / PARTS_DIR
+
+    @property
+    def patterns(self) -> Path:
+        return self.root / PATTERNS_FILE
+
+    @property
+    def pattern_members(self) -> Path:
+        return self.root / PATTERN_MEMBERS_FILE
+
+    @property
+    def faithfulness(self) -> Path:
+        return self.root / FAITHFULNESS_FILE
+
+    def part_patches(self, index: int) -> Path:
+        return self.parts / part_name("patches", index, ".npz")
 
     def part_features(self, index: int) -> Path:
         return self.parts / part_name("features", index, ".parquet")

@@ -138,3 +138,25 @@ def dask_scheduler():
         n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
     ) as cluster:
         yield cluster.scheduler_address
+
+
+@pytest.fixture(scope="session")
+def patterned_run(tmp_path_factory, dask_scheduler):
+    """A trained run with patterns: two generator families, each planting its own artifact
+    (gen_a: checkerboard, gen_b: stripes) at random places. Returns (run dir, truth table)."""
+    import pandas as pd
+
+    from pipeline.config import RunConfig, TrainConfig
+    from pipeline.runner import run_pipeline
+
+    root = tmp_path_factory.mktemp("patterned")
+    families = (("checker", "gen_a", 0), ("stripes", "gen_b", 1))
+    truth = pd.concat([
+        make_planted_dataset(root / "imgs", 200, 200, artifact=a, generator=g, seed=s)
+        for a, g, s in families
+    ])  # fmt: skip
+    out = root / "run"
+    run_pipeline(RunConfig(source=str(root / "imgs"), out=str(out), layout="pca",
+                           train=TrainConfig(epochs=15), scheduler=dask_scheduler,
+                           partition_size=256, progress=False))  # fmt: skip
+    return out, truth

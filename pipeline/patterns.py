@@ -1,0 +1,379 @@
+"""Cross-image patterns: the most relevant patches of every image, described and clustered into
+recurring patterns, summarised, and their impact measured counterfactually; plus the per-image
+deletion/insertion faithfulness of the maps.
+
+Map and reduce, as the rest of the pipeline (DESIGN "Patterns"):
+
+- per partition (a Dask task, ``patch_partition``): the top ``patches_per_image`` patches of each
+  image by its fake-logit map, each described by the last block's patch token and/or the amplitude
+  spectrum of the patch's high-pass residual (position-free: generator traces are periodic), plus
+  how much of each distilled dimension's map falls on it; and deletion/insertion curves for a
+  sample of images. One ``parts/patches-NNNNN.npz`` per partition, so new partitions add work
+  incrementally.
+- on the driver: k-means initialised on a uniform sample of patches (k chosen by silhouette unless
+  given), refined by one mini-batch pass over the partitions, then patches assigned partition by
+  partition (memory stays bounded by one partition).
+- per pattern (a Dask task, ``pattern_impact``): mask the pattern's patches in up to
+  ``impact_images`` member images and re-score; the control masks as many random other patches of
+  the same images."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .config import PatternConfig, RunConfig
+from .imageio import ImageRejected, load_for_model, normalize
+from .perturb import (
+    blurred,
+    bootstrap_ci,
+    curve_area,
+    masked,
+    order_by,
+    p_fake,
+    perturbation_curves,
+    tokens_and_attention,
+)
+from .schema import (
+    DISTILLED_COLUMNS,
+    FAITHFULNESS_COLUMNS,
+    PART_FEATURE_COLUMNS,
+    PATTERN_COLUMNS,
+    PATTERN_MEMBER_COLUMNS,
+    RunPaths,
+    atomic_write,
+    read_table,
+    write_table,
+)
+from .worker import cached_model, pick_device
+
+
+def _pixels(model, paths: list[bytes]):
+    """Normalised pixels of the images that still load, and the indices that did."""
+    arrs, ok = [], []
+    for i, p in enumerate(paths):
+        try:
+            arrs.append(load_for_model(p, model.image_size))
+            ok.append(i)
+        except ImageRejected:
+            continue
+    if not arrs:
+        return None, ok
+    return normalize(np.stack(arrs), model.preprocess["mean"], model.preprocess["std"]), ok
+
+
+def spectrum_features(pixels: torch.Tensor, reference: torch.Tensor, gy, gx, grid) -> np.ndarray:
+    """Log-amplitude spectrum of the high-pass residual (pixels - blurred), grey, unit length, over
+    the patch and its neighbours (3x3 patches, shifted inwards at the border): periodic generator
+    traces give the same descriptor anywhere, and a trace that straddles patch borders (maps
+    point within about one patch) is still inside the window."""
+    gh, gw = grid
+    ph, pw = pixels.shape[-2] // gh, pixels.shape[-1] // gw
+    resid = (pixels - reference).mean(dim=1)  # (B, S, S)
+    out = []
+    for b, (y, x) in enumerate(zip(gy, gx)):
+        y0 = min(max(int(y) - 1, 0), max(gh - 3, 0))
+        x0 = min(max(int(x) - 1, 0), max(gw - 3, 0))
+        win = resid[b, y0 * ph : (y0 + 3) * ph, x0 * pw : (x0 + 3) * pw]  # (3ph, 3pw)
+        out.append(torch.log1p(torch.fft.rfft2(win).abs()).flatten())
+    f = torch.stack(out)
+    return (f / f.norm(dim=1, keepdim=True).clamp_min(1e-12)).cpu().numpy()
+
+
+def describe(model, pixels, maps: np.ndarray, cfg: PatternConfig):
+    """Top patches of a batch: (image index, gy, gx, relevance, feature, dimension shares)."""
+    gh, gw = maps.shape[-2:]
+    fake = maps[:, 0].reshape(len(maps), -1)  # (B, gh*gw)
+    k = min(cfg.patches_per_image, fake.shape[1])
+    top = np.argsort(-fake, axis=1, kind="stable")[:, :k]  # (B, k)
+    b_idx = np.repeat(np.arange(len(maps)), k)
+    flat = top.ravel()
+    rel = fake[b_idx, flat]
+    peak = fake.max(axis=1)[b_idx]
+    keep = (rel > 0) & (rel >= cfg.min_relative * peak)  # an all-zero map points nowhere
+    b_idx, flat, rel = b_idx[keep], flat[keep], rel[keep]
+    gy, gx = flat // gw, flat % gw
+    parts = []
+    if cfg.feature in ("token", "both"):
+        tokens, _ = tokens_and_attention(model, pixels)  # (B, gh*gw, D)
+        t = tokens[torch.as_tensor(b_idx), torch.as_tensor(flat)]
+        parts.append((t / t.norm(dim=1, keepdim=True).clamp_min(1e-12)).cpu().numpy())
+    if cfg.feature in ("spectrum", "both"):
+        ref = blurred(model, pixels)
+        parts.append(spectrum_features(pixels[b_idx], ref[b_idx], gy, gx, (gh, gw)))
+    feat = np.concatenate(parts, axis=1) / np.sqrt(len(parts))
+    dims = maps[:, 2:].reshape(len(maps), maps.shape[1] - 2, -1)  # (B, 16, gh*gw)
+    share = dims / np.maximum(dims.sum(axis=2, keepdims=True), 1e-12)
+    dim_share = share[b_idx, :, flat]  # (n, 16)
+    return b_idx, gy, gx, rel, feat.astype(np.float16), dim_share.astype(np.float16)
+
+
+def faithfulness(model, pixels, maps: np.ndarray, steps: int, seed: int) -> dict:
+    """Deletion AUC of the fake map, of a random order and of plain attention; insertion AUC."""
+    gen = torch.Generator().manual_seed(seed)
+    fake = torch.as_tensor(maps[:, 0], dtype=torch.float32)
+    _, attn = tokens_and_attention(model, pixels)
+    order = order_by(fake).to(pixels.device)
+    rand = torch.argsort(torch.rand(fake.reshape(len(fake), -1).shape, generator=gen), dim=1)
+    return {
+        "p_fake": p_fake(model, pixels).cpu().numpy(),
+        "deletion_auc": curve_area(perturbation_curves(model, pixels, order, steps, False).cpu()),
+        "insertion_auc": curve_area(perturbation_curves(model, pixels, order, steps, True).cpu()),
+        "deletion_auc_random": curve_area(
+            perturbation_curves(model, pixels, rand.to(pixels.device), steps, False).cpu()
+        ),
+        "deletion_auc_attention": curve_area(
+            perturbation_curves(
+                model, pixels, order_by(attn.cpu()).to(pixels.device), steps, False
+            ).cpu()
+        ),
+    }
+
+
+def patch_partition(part: int, paths: list[bytes], run_root: str, model_path: str, sha: str,
+                    cfg: PatternConfig, device: str | None, batch_size: int) -> dict:  # fmt: skip
+    """Describe one partition's top patches and its faithfulness sample; write patches-NNNNN.npz."""
+    run = RunPaths(Path(run_root))
+    out_path = run.part_patches(part)
+    if out_path.exists():
+        return {"part": part, "skipped": True}
+    t0 = time.perf_counter()
+    device = pick_device(device)
+    model = cached_model(model_path, sha, device)
+    feats = read_table(run.part_features(part), PART_FEATURE_COLUMNS)
+    rel = np.load(run.part_relevance(part), mmap_mode="r")
+    # faithfulness on images scored fake: deleting fake evidence must lower p(fake)
+    rng = np.random.default_rng(cfg.seed + part)
+    scored_fake = np.flatnonzero(feats["pred"].to_numpy() == 1)
+    faith_rows = set(rng.permutation(scored_fake)[: cfg.faithfulness_images].tolist())
+    acc = {k: [] for k in ("id", "gy", "gx", "relevance", "feature", "dims")}
+    faith = []
+    for s in range(0, len(feats), batch_size):
+        rows = np.arange(s, min(s + batch_size, len(feats)))
+        pixels, ok = _pixels(model, [paths[r] for r in rows])
+        if pixels is None:
+            continue
+        rows = rows[ok]
+        pixels = pixels.to(device)
+        maps = np.asarray(rel[feats["row"].to_numpy()[rows]], np.float32)
+        b, gy, gx, r, f, d = describe(model, pixels, maps, cfg)
+        for k, v in zip(acc, (feats["id"].to_numpy()[rows][b], gy, gx, r, f, d)):
+            acc[k].append(v)
+        pick = np.array([i for i, row in enumerate(rows) if row in faith_rows], np.int64)
+        if len(pick):
+            res = faithfulness(model, pixels[pick], maps[pick], cfg.steps, cfg.seed + part)
+            faith.append(pd.DataFrame({"id": feats["id"].to_numpy()[rows][pick], **res}))
+    arrays = {k: np.concatenate(v) if v else np.zeros(0) for k, v in acc.items()}
+    table = pd.concat(faith) if faith else pd.DataFrame(columns=list(FAITHFULNESS_COLUMNS))
+    for c in FAITHFULNESS_COLUMNS:
+        arrays[f"faith_{c}"] = table[c].to_numpy(np.float64)
+
+    def _write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:  # a file object: np.savez would append ".npz"
+            np.savez(fh, **arrays)
+
+    atomic_write(out_path, _write)
+    return {"part": part, "skipped": False, "patches": len(arrays["id"]),
+            "seconds": time.perf_counter() - t0}  # fmt: skip
+
+
+def load_patches(run: RunPaths, part: int) -> dict:
+    with np.load(run.part_patches(part)) as z:
+        return {k: z[k] for k in z.files}
+
+
+def choose_k(sample: np.ndarray, cfg: PatternConfig) -> int:
+    """cfg.n_patterns, or the k in [2, max_patterns] with the best silhouette on the sample."""
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import silhouette_score
+
+    if cfg.n_patterns:
+        return min(cfg.n_patterns, len(sample))
+    best, best_k = -2.0, 2
+    sub = sample[: min(len(sample), 4000)]
+    for k in range(2, min(cfg.max_patterns, len(sub) - 1) + 1):
+        labels = KMeans(k, n_init=3, random_state=cfg.seed).fit_predict(sub)
+        score = silhouette_score(sub, labels, random_state=cfg.seed)
+        if score > best:
+            best, best_k = score, k
+    return best_k
+
+
+def cluster(run: RunPaths, parts: list[int], cfg: PatternConfig):
+    """Fit centres (sample init + one mini-batch pass), then assign every patch; per-part arrays."""
+    from sklearn.cluster import KMeans, MiniBatchKMeans
+
+    rng = np.random.default_rng(cfg.seed)
+    sizes = {p: len(load_patches(run, p)["id"]) for p in parts}
+    total = sum(sizes.values())
+    frac = min(1.0, cfg.sample / max(total, 1))
+    sample = []
+    for p in parts:
+        f = load_patches(run, p)["feature"].astype(np.float32)
+        sample.append(f[rng.random(len(f)) < frac])
+    sample = np.concatenate(sample)
+    if len(sample) < 3:
+        raise ValueError(f"only {len(sample)} relevant patches in the run; too few for patterns")
+    k = choose_k(sample, cfg)
+    init = KMeans(k, n_init=3, random_state=cfg.seed).fit(sample).cluster_centers_
+    mbk = MiniBatchKMeans(k, init=init, n_init=1, random_state=cfg.seed, batch_size=4096)
+    for p in parts:
+        f = load_patches(run, p)["feature"].astype(np.float32)
+        if len(f) >= k:
+            mbk.partial_fit(f)
+    assigned = {}
+    for p in parts:
+        f = load_patches(run, p)["feature"].astype(np.float32)
+        if len(f) == 0:
+            assigned[p] = (np.zeros(0, np.int32), np.zeros(0, np.float32))
+            continue
+        d = mbk.transform(f)  # (n, k) distances to centres
+        lab = d.argmin(axis=1)
+        assigned[p] = (lab.astype(np.int32), d[np.arange(len(f)), lab].astype(np.float32))
+    return k, assigned
+
+
+def members_table(run: RunPaths, parts: list[int], assigned: dict, n_exemplars: int = 6):
+    frames, dims = [], []
+    for p in parts:
+        z = load_patches(run, p)
+        lab, dist = assigned[p]
+        frames.append(pd.DataFrame({"pattern": lab, "id": z["id"].astype(np.int64),
+                                    "gy": z["gy"], "gx": z["gx"], "relevance": z["relevance"],
+                                    "distance": dist}))  # fmt: skip
+        dims.append(z["dims"].astype(np.float32))
+    mem = pd.concat(frames, ignore_index=True)
+    dims = np.concatenate(dims) if dims else np.zeros((0, len(DISTILLED_COLUMNS)))
+    mem["exemplar"] = 0
+    for _, g in mem.groupby("pattern"):
+        g = g.drop_duplicates("id")  # exemplars from distinct images
+        mem.loc[g.nsmallest(n_exemplars, "distance").index, "exemplar"] = 1
+        far = g.drop(g.nsmallest(n_exemplars, "distance").index).nlargest(n_exemplars, "distance")
+        mem.loc[far.index, "exemplar"] = 2
+    return mem, dims
+
+
+def pattern_impact(paths: list[bytes], cells: list[list[tuple[int, int]]], model_path: str,
+                   sha: str, device: str | None, seed: int) -> dict:  # fmt: skip
+    """p(fake) drop when each image's pattern patches ``cells`` are masked, and when as many
+    random other patches are: arrays of per-image drops.
+
+    The masked footprint is the pattern's patches and their 8 neighbours: a generator trace is
+    not aligned with the ViT's patch grid, and the part of it that spills into a neighbouring
+    patch would otherwise keep the detector firing. The control masks the same number of
+    patches outside the footprint, at random."""
+    device = pick_device(device)
+    model = cached_model(model_path, sha, device)
+    pixels, ok = _pixels(model, paths)
+    if pixels is None:
+        return {"drop": np.zeros(0), "random_drop": np.zeros(0)}
+    pixels = pixels.to(device)
+    from .relevance import _grid
+
+    gh, gw = _grid(model)
+    rng = np.random.default_rng(seed)
+    pat = torch.zeros(len(ok), gh, gw, dtype=torch.bool)
+    for i, j in enumerate(ok):
+        for y, x in cells[j]:
+            pat[i, y, x] = True
+    pat = torch.nn.functional.max_pool2d(pat[:, None].float(), 3, 1, 1)[:, 0] > 0  # + neighbours
+    rnd = torch.zeros_like(pat)
+    for i in range(len(ok)):
+        free = np.flatnonzero(~pat[i].numpy().ravel())
+        pick = rng.choice(free, size=min(int(pat[i].sum()), len(free)), replace=False)
+        rnd[i].view(-1)[torch.as_tensor(pick, dtype=torch.long)] = True
+    ref = blurred(model, pixels)
+    base = p_fake(model, pixels)
+    drop = base - p_fake(model, masked(model, pixels, ref, pat.to(device)))
+    rdrop = base - p_fake(model, masked(model, pixels, ref, rnd.to(device)))
+    return {"drop": drop.cpu().numpy(), "random_drop": rdrop.cpu().numpy()}
+
+
+def summarize(mem: pd.DataFrame, dims: np.ndarray, images: pd.DataFrame, impacts: dict):
+    lab = images.set_index("id")["label"]
+    mean_dims = dims.mean(axis=0) + 1e-12
+    rows = []
+    for k, g in mem.groupby("pattern"):
+        ids = g["id"].unique()
+        n_fake = int((lab.loc[ids] == 1).sum())
+        lift = dims[g.index].mean(axis=0) / mean_dims  # where this pattern sits in dimension maps
+        top = [DISTILLED_COLUMNS[j] for j in np.argsort(-lift)[:3]]
+        drop, rdrop = impacts[k]["drop"], impacts[k]["random_drop"]
+        lo, hi = bootstrap_ci(drop)
+        rlo, rhi = bootstrap_ci(rdrop)
+        rows.append(dict(pattern=k, n_patches=len(g), n_images=len(ids), n_fake_images=n_fake,
+                         fake_share=n_fake / len(ids), impact=float(np.mean(drop)) if len(drop)
+                         else np.nan, impact_lo=lo, impact_hi=hi,
+                         random_impact=float(np.mean(rdrop)) if len(rdrop) else np.nan,
+                         random_lo=rlo, random_hi=rhi, top_dims=",".join(top),
+                         mean_gy=g["gy"].mean(), mean_gx=g["gx"].mean()))  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def stage_patterns(cfg: RunConfig, run: RunPaths, images: pd.DataFrame, parts: list, sha: str,
+                   client, previous: dict | None = None) -> dict:  # fmt: skip
+    """Compute missing patch partitions, then (re)cluster and summarise if anything changed."""
+    from distributed import wait
+
+    pcfg = cfg.patterns
+    prev = (previous or {}).get("config")
+    if prev is not None and prev != asdict(pcfg):
+        # per-patch settings changed: recompute the patch files; otherwise only recluster
+        per_patch = (
+            "patches_per_image",
+            "min_relative",
+            "feature",
+            "faithfulness_images",
+            "steps",
+            "seed",
+        )
+        if any(prev.get(f) != getattr(pcfg, f) for f in per_patch):
+            for i in range(len(parts)):
+                run.part_patches(i).unlink(missing_ok=True)
+        run.patterns.unlink(missing_ok=True)
+    todo = [i for i in range(len(parts)) if not run.part_patches(i).exists()]
+    paths_of = images.set_index("id")["path_bytes"]
+    futs = []
+    for i in todo:
+        ids = read_table(run.part_features(i), PART_FEATURE_COLUMNS)["id"]
+        futs.append(client.submit(
+            patch_partition, i, paths_of.loc[ids].tolist(), str(run.root.resolve()),
+            str(run.encoder.resolve()), sha, pcfg, cfg.device, cfg.batch_size, pure=False,
+            key=f"asap-patches-{sha[:12]}-{i}",
+        ))  # fmt: skip
+    wait(futs)
+    for f in futs:
+        f.result()  # re-raise a failed partition here
+    if not todo and run.patterns.exists() and run.faithfulness.exists():
+        return {"computed": 0, "reused": True}
+    ids_parts = list(range(len(parts)))
+    k, assigned = cluster(run, ids_parts, pcfg)
+    mem, dims = members_table(run, ids_parts, assigned)
+    rng = np.random.default_rng(pcfg.seed)
+    jobs = {}
+    for pk, g in mem.groupby("pattern"):
+        img_ids = g["id"].unique()
+        img_ids = rng.permutation(img_ids)[: pcfg.impact_images]
+        cells = g[g["id"].isin(img_ids)].groupby("id")[["gy", "gx"]]
+        cells = {i: list(map(tuple, c.to_numpy())) for i, c in cells}
+        jobs[pk] = client.submit(
+            pattern_impact, paths_of.loc[img_ids].tolist(), [cells[i] for i in img_ids],
+            str(run.encoder.resolve()), sha, cfg.device, pcfg.seed + int(pk), pure=False,
+        )  # fmt: skip
+    impacts = {pk: f.result() for pk, f in jobs.items()}
+    table = summarize(mem, dims, images, impacts)
+    faith = []
+    for i in ids_parts:
+        z = load_patches(run, i)
+        faith.append(pd.DataFrame({c: z[f"faith_{c}"] for c in FAITHFULNESS_COLUMNS}))
+    faith = pd.concat(faith, ignore_index=True)
+    write_table(run.pattern_members, mem, PATTERN_MEMBER_COLUMNS)
+    write_table(run.faithfulness, faith, FAITHFULNESS_COLUMNS)
+    write_table(run.patterns, table, PATTERN_COLUMNS)  # last: marks the stage done
+    return {"computed": len(todo), "patterns": k, "patches": len(mem),
+            "faithfulness_images": len(faith), "config": asdict(pcfg)}  # fmt: skip

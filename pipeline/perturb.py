@@ -1,0 +1,98 @@
+"""Counterfactual perturbations on the model's input grid: mask chosen patches, re-score, and the
+deletion / insertion curves that measure how faithful a relevance map is (Petsiuk et al. 2018,
+"RISE"; the positive/negative perturbation test of Chefer et al. 2021).
+
+Masking replaces a patch with the same patch of a strongly blurred copy of the image (Gaussian,
+sigma = half a patch). A blur removes high-frequency generator traces but adds no edges or flat
+grey squares of its own; ``tests/pipeline/test_patterns.py`` checks that masking random patches
+barely moves p(fake), so a pattern's impact is not an artifact of the masking itself."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torchvision.transforms.functional as TF
+
+from .encoder import ASAPEncoder
+from .relevance import _blocks, _grid, _qkv, _run_blocks
+
+
+def blurred(model: ASAPEncoder, pixels: torch.Tensor) -> torch.Tensor:
+    """The masking reference: a heavily blurred copy of normalised pixels (B, 3, S, S)."""
+    gh, _ = _grid(model)
+    patch = pixels.shape[-1] / gh
+    sigma = max(patch / 2, 1.0)
+    k = int(2 * round(3 * sigma) + 1)
+    return TF.gaussian_blur(pixels, [k, k], [sigma, sigma])
+
+
+def patch_mask(keep: torch.Tensor, size: int) -> torch.Tensor:
+    """Grid mask (B, gh, gw) of patches to replace -> pixel mask (B, 1, S, S)."""
+    return torch.nn.functional.interpolate(keep[:, None].float(), size=(size, size), mode="nearest")
+
+
+def masked(model: ASAPEncoder, pixels, reference, grid_mask) -> torch.Tensor:
+    """pixels with the patches where grid_mask (B, gh, gw) is True taken from reference."""
+    m = patch_mask(grid_mask, pixels.shape[-1])
+    return pixels * (1 - m) + reference * m
+
+
+@torch.no_grad()
+def p_fake(model: ASAPEncoder, pixels: torch.Tensor) -> torch.Tensor:
+    _, _, logit = model(pixels)
+    return model.p_fake(logit)
+
+
+@torch.no_grad()
+def tokens_and_attention(model: ASAPEncoder, pixels: torch.Tensor):
+    """Last-block patch tokens (B, gh*gw, D) and plain attention (B, gh, gw): the last block's
+    CLS-to-patch attention averaged over heads, with no gradients (the baseline map)."""
+    blocks = _blocks(model)
+    x = _run_blocks(model, model.visual._embeds(pixels), blocks[:-1])  # (B, T, D)
+    q, k, _ = _qkv(blocks[-1], x)  # (B, H, T, hd)
+    scores = (q[:, :, :1] * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)  # (B, H, 1, T)
+    attn = torch.softmax(scores, dim=-1).mean(dim=1)[:, 0, 1:]  # (B, T-1)
+    out = _run_blocks(model, x, blocks[-1:])  # (B, T, D)
+    gh, gw = _grid(model)
+    return out[:, 1:], attn.reshape(-1, gh, gw)
+
+
+@torch.no_grad()
+def perturbation_curves(model, pixels, order: torch.Tensor, steps: int, insertion: bool):
+    """p(fake) as the patches are removed (deletion) or revealed on the blurred image (insertion)
+    in ``order`` (B, n_patches; most relevant first): (B, steps + 1) for fractions 0..1."""
+    B, n = order.shape
+    gh, gw = _grid(model)
+    ref = blurred(model, pixels)
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(n, device=order.device).expand(B, n))
+    out = []
+    for s in range(steps + 1):
+        top = rank < round(n * s / steps)  # (B, n): the first s/steps of the order
+        grid = top.reshape(B, gh, gw)
+        x = masked(model, ref, pixels, grid) if insertion else masked(model, pixels, ref, grid)
+        out.append(p_fake(model, x))
+    return torch.stack(out, dim=1)
+
+
+def curve_area(curves: np.ndarray) -> np.ndarray:
+    """Area under (B, steps + 1) curves over [0, 1] (trapezoid rule)."""
+    ys = np.asarray(curves, np.float64)
+    return ((ys[:, 1:] + ys[:, :-1]) / 2).mean(axis=1)
+
+
+def order_by(maps: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Patch order, most relevant first, from (B, gh, gw) maps; random where maps is None-like."""
+    flat = maps.reshape(maps.shape[0], -1)
+    noise = torch.rand(flat.shape, generator=generator, device=flat.device) * 1e-6
+    return torch.argsort(flat + noise, dim=1, descending=True)
+
+
+def bootstrap_ci(values: np.ndarray, n: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile-bootstrap interval of the mean."""
+    values = np.asarray(values, np.float64)
+    if len(values) == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), size=(n, len(values)))].mean(axis=1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
