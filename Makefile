@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.asap-installed
 
-.PHONY: setup test test-fast lint bench demo clean
+.PHONY: setup test test-fast lint bench demo serve browser clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,7 +24,14 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: setup lint
+# Debian's chromium for the browser tests (Playwright drives it; never `playwright install`)
+CHROMIUM := /usr/bin/chromium
+$(CHROMIUM):
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+
+browser: $(CHROMIUM)
+
+test: setup lint browser
 	$(BIN)/python -m pytest -q
 
 test-fast: setup

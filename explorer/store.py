@@ -204,6 +204,33 @@ def mean_maps(run, pts: Points, rows: np.ndarray, channel: int = 0) -> np.ndarra
     return maps.mean(axis=0)
 
 
+def cell_patterns(run, pts: Points, stats: CellStats, channel: int = 0):
+    """Each cell's mean relevance map over its sampled members, (n_cells, gh, gw), and its
+    coherence: the mean cosine similarity of the members' maps to that mean (1 = all members
+    share one pattern, ~0 = unrelated maps; NaN for empty cells)."""
+    gh, gw = run.relevance.map_shape[1:]
+    n = len(stats.members)
+    means = np.zeros((n, gh, gw), np.float32)
+    coherence = np.full(n, np.nan, np.float32)
+    sizes = np.array([len(m) for m in stats.members])
+    if sizes.sum() == 0:
+        return means, coherence
+    rows = np.concatenate(stats.members)
+    maps = run.relevance.take(pts.part[rows], pts.row[rows])[:, channel].reshape(len(rows), -1)
+    owner = np.repeat(np.arange(n), sizes)
+    sums = np.zeros((n, gh * gw), np.float64)
+    np.add.at(sums, owner, maps)
+    mean = sums / np.maximum(sizes, 1)[:, None]
+    unit = maps / np.maximum(np.linalg.norm(maps, axis=1, keepdims=True), 1e-12)
+    mean_unit = mean / np.maximum(np.linalg.norm(mean, axis=1, keepdims=True), 1e-12)
+    cos = (unit * mean_unit[owner]).sum(axis=1)
+    csum = np.bincount(owner, weights=cos, minlength=n)
+    filled = sizes > 0
+    coherence[filled] = csum[filled] / sizes[filled]
+    means[:] = mean.reshape(n, gh, gw)
+    return means, coherence
+
+
 def export_manifest(pts: Points, run, rows: np.ndarray, path: str | Path) -> Path:
     """Write the selected rows as a manifest (CSV or Parquet, by suffix) that `asap run` reads."""
     path = Path(path)

@@ -1,0 +1,133 @@
+"""Assembles the explorer for one run directory: a DataStore per session, the four linked views and
+the filters in a template, the view state kept in the URL. ``create_app`` is what `asap serve`,
+``panel serve explorer/serve.py`` and the notebook all call."""
+
+from __future__ import annotations
+
+import json
+from urllib.parse import urlencode
+
+import holoviews as hv
+import panel as pn
+
+from pipeline.schema import RunDirectoryError
+
+from .datastore import DataStore, filter_widgets
+from .overview import OverviewView
+from .views import DimensionView, ExportView, ImageView, PatternView
+
+# parameters of the DataStore mirrored in the page's URL, so that a view can be shared
+URL_STATE = ("labels", "generators", "predicted", "misclassified", "score_range", "color_by",
+             "map_name", "x_range", "y_range", "pattern")  # fmt: skip
+FILTERS = ("labels", "predicted", "generators", "misclassified", "score_range")
+
+
+def load_extensions() -> None:
+    pn.extension("tabulator", notifications=False)
+    hv.extension("bokeh", logo=False)
+
+
+def error_page(message: str) -> pn.template.BootstrapTemplate:
+    return pn.template.BootstrapTemplate(
+        title="ASAP explorer",
+        main=[pn.pane.Alert(f"**Cannot open this run.** {message}", alert_type="danger")],
+    )
+
+
+class App:
+    """The explorer's page for one session."""
+
+    def __init__(self, run_dir: str, image_roots: tuple[str, ...] = (), sync_url: bool = True):
+        self.store = DataStore(run_dir, image_roots)
+        if sync_url and pn.state.location is not None:
+            pn.state.location.sync(self.store, {k: k for k in URL_STATE})
+
+        self.overview = OverviewView(self.store)
+        self.images = ImageView(self.store)
+        self.patterns = PatternView(self.store)
+        self.dimensions = DimensionView(self.store)
+        self.export = ExportView(self.store)
+
+    def share_url(self, *_) -> str:
+        """A link that reopens this view: filters, colouring, map, viewport and pattern. Built
+        here rather than read from the address bar, which Panel updates one event late."""
+        query = {}
+        for k in URL_STATE:
+            v = getattr(self.store, k)
+            if v is None:
+                continue
+            v = self.store.param[k].serialize(v)
+            query[k] = v if isinstance(v, str) else json.dumps(v)
+        loc = pn.state.location
+        base = ""
+        if loc is not None and loc.hostname:
+            port = f":{loc.port}" if loc.port else ""
+            base = f"{loc.protocol}//{loc.hostname}{port}{loc.pathname}"
+        return f"{base}?{urlencode(query)}"
+
+    def sidebar(self) -> list:
+        s = self.store
+        filters = pn.Param(s.param, parameters=list(FILTERS), widgets=filter_widgets(),
+                           show_name=False, sizing_mode="stretch_width")  # fmt: skip
+        clear = pn.widgets.Button(name="Clear selection", button_type="light")
+        clear.on_click(lambda _: s.clear_selection())
+        metrics = s.run.metrics.get("test", {}).get("overall", {})
+        facts = ", ".join(f"{k} {metrics[k]:.2f}" for k in ("accuracy", "ap", "auc")
+                          if isinstance(metrics.get(k), (int, float)))  # fmt: skip
+        return [
+            pn.pane.Markdown(f"**Run** `{s.run_dir}`  \n{len(s.points):,} images  \n{facts}"),
+            pn.pane.Markdown("### Filters"),
+            filters,
+            pn.pane.Markdown("### Overview"),
+            pn.widgets.RadioButtonGroup.from_param(s.param.color_by),
+            pn.widgets.Checkbox.from_param(s.param.show_glyphs, name="cell glyphs"),
+            pn.widgets.IntSlider.from_param(s.param.grid, name="glyph cells across"),
+            pn.pane.Markdown("### Selection"),
+            clear,
+            self.export,
+            pn.pane.Markdown("### Share this view"),
+            pn.widgets.TextInput(
+                value=pn.bind(self.share_url, *[s.param[k] for k in URL_STATE]),
+                disabled=True,
+                css_classes=["asap-share"],
+                sizing_mode="stretch_width",
+            ),
+        ]
+
+    def main(self) -> list:
+        summary = pn.pane.Markdown(
+            pn.bind(
+                lambda *_: self.store.summary(),
+                self.store.param.selection_version,
+                self.store.param.filter_version,
+            ),  # fmt: skip
+            css_classes=["asap-summary"],
+        )
+        tabs = pn.Tabs(
+            ("Images", self.images),
+            ("Patterns", self.patterns),
+            ("Dimensions", self.dimensions),
+            dynamic=False,
+        )
+        return [
+            summary,
+            pn.Row(
+                pn.Column(self.overview, sizing_mode="stretch_both", min_width=500),
+                pn.Column(tabs, width=600),
+                sizing_mode="stretch_both",
+            ),
+        ]
+
+    def template(self) -> pn.template.BootstrapTemplate:
+        return pn.template.BootstrapTemplate(
+            title="ASAP explorer", sidebar=self.sidebar(), main=self.main(), sidebar_width=300
+        )
+
+
+def create_app(run_dir: str, image_roots: tuple[str, ...] = (), sync_url: bool = True):
+    """The page for one session, or a page that says why the run cannot be opened."""
+    load_extensions()
+    try:
+        return App(run_dir, image_roots, sync_url).template()
+    except RunDirectoryError as e:
+        return error_page(str(e))

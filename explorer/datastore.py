@@ -1,0 +1,153 @@
+"""The explorer's per-session state: one run's points, the filters, the colouring, the viewport and
+the selection, as ``param`` parameters that every view watches (Panel's DataStore pattern). Holds
+no rendering code; the views in ``overview.py`` and ``views.py`` only read it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import panel as pn
+import param
+
+from pipeline.schema import LABEL_NAMES, MAP_NAMES
+
+from .patterns import load_patterns
+from .render import ImageSource
+from .store import Filters, box_select, filter_mask, lasso_select, load_points
+
+COLOR_BY = ["label", "p_fake", "generator", "error"]
+SORT_BY = ["p(fake) high first", "p(fake) low first", "label", "generator", "errors first"]
+CMAPS = ["inferno", "magma", "viridis", "plasma", "turbo", "gray"]
+MISCLASSIFIED = ["all", "errors only", "correct only"]
+
+
+class DataStore(pn.viewable.Viewer):
+    """Data, filters and selection of one run, for one browser session."""
+
+    labels = param.ListSelector(default=["real", "fake"], objects=["real", "fake"])
+    generators = param.ListSelector(default=[], objects=[], doc="generators shown")
+    predicted = param.ListSelector(default=["real", "fake"], objects=["real", "fake"])
+    misclassified = param.Selector(default="all", objects=MISCLASSIFIED)
+    score_range = param.Range(default=(0.0, 1.0), bounds=(0.0, 1.0), doc="p(fake) range")
+    color_by = param.Selector(default="label", objects=COLOR_BY, doc="overview colouring")
+    map_name = param.Selector(default="fake", objects=MAP_NAMES, doc="relevance map shown")
+    cmap = param.Selector(default="inferno", objects=CMAPS, doc="relevance colour map")
+    opacity = param.Number(default=0.6, bounds=(0.0, 1.0), step=0.05, doc="overlay opacity")
+    sort_by = param.Selector(default=SORT_BY[0], objects=SORT_BY)
+    show_glyphs = param.Boolean(default=True, doc="draw cell glyphs over the overview")
+    grid = param.Integer(default=5, bounds=(2, 12), doc="glyph cells across the view")
+    x_range = param.Range(default=None, doc="overview viewport (kept in the URL)")
+    y_range = param.Range(default=None)
+    pattern = param.Integer(default=None, allow_None=True, doc="pattern highlighted")
+
+    # derived; views depend on these counters rather than on arrays
+    filter_version = param.Integer(default=0, precedence=-1)
+    selection_version = param.Integer(default=0, precedence=-1)
+    selection_kind = param.String(default="none", precedence=-1)
+
+    def __init__(self, run_dir: str, image_roots: tuple[str, ...] = (), **params):
+        self.points, self.run = load_points(str(run_dir))
+        gens = list(self.points.generators)
+        self.param.generators.objects = gens
+        params.setdefault("generators", gens)
+        super().__init__(**params)
+        self.run_dir = str(run_dir)
+        self.images = ImageSource(self.run.images, self.run.meta, image_roots)
+        self.patterns = load_patterns(self.run)
+        self.mask = np.ones(len(self.points), bool)
+        self._selection: np.ndarray | None = None
+        self.frame = self._frame()
+        self._update_mask()
+
+    def _frame(self) -> pd.DataFrame:
+        """Columns the overview aggregates, categoricals for Datashader's count_cat."""
+        p = self.points
+        return pd.DataFrame(
+            {
+                "x": p.x,
+                "y": p.y,
+                "label": pd.Categorical.from_codes(p.label, [LABEL_NAMES[0], LABEL_NAMES[1]]),
+                "p_fake": p.p_fake,
+                "generator": pd.Categorical.from_codes(p.generator, list(p.generators)),
+                "error": pd.Categorical.from_codes(p.error.astype(np.int8), ["correct", "error"]),
+            }
+        )
+
+    @property
+    def filters(self) -> Filters:
+        names = {v: k for k, v in LABEL_NAMES.items()}
+        mis = {"all": None, "errors only": True, "correct only": False}[self.misclassified]
+        return Filters(
+            labels=tuple(names[x] for x in self.labels),
+            generators=tuple(self.generators),
+            predicted=tuple(names[x] for x in self.predicted),
+            misclassified=mis,
+            score_range=tuple(self.score_range),
+        )
+
+    @param.depends("labels", "generators", "predicted", "misclassified", "score_range", watch=True)
+    def _update_mask(self):
+        self.mask = filter_mask(self.points, self.filters)
+        self.filter_version += 1
+
+    # ----- selection --------------------------------------------------------------------------
+    def select_rows(self, rows: np.ndarray | None, kind: str) -> None:
+        self._selection = None if rows is None else np.asarray(rows, np.int64)
+        self.selection_kind = kind if rows is not None else "none"
+        self.selection_version += 1
+
+    def select_box(self, x0, y0, x1, y1) -> None:
+        self.select_rows(box_select(self.points, x0, x1, y0, y1, self.mask), "box")
+
+    def select_lasso(self, polygon) -> None:
+        self.select_rows(lasso_select(self.points, np.asarray(polygon), self.mask), "lasso")
+
+    def select_nearest(self, x: float, y: float) -> None:
+        idx = np.flatnonzero(self.mask)
+        if len(idx) == 0:
+            return
+        d = (self.points.x[idx] - x) ** 2 + (self.points.y[idx] - y) ** 2
+        self.select_rows(idx[[int(np.argmin(d))]], "tap")
+
+    def clear_selection(self) -> None:
+        self.select_rows(None, "none")
+
+    @property
+    def selected(self) -> np.ndarray:
+        """Row indices every view shows: the selection within the filters, or all filtered rows."""
+        if self._selection is None:
+            return np.flatnonzero(self.mask)
+        return self._selection[self.mask[self._selection]]
+
+    def sorted_rows(self, rows: np.ndarray) -> np.ndarray:
+        p = self.points
+        key = {
+            SORT_BY[0]: -p.p_fake[rows],
+            SORT_BY[1]: p.p_fake[rows],
+            SORT_BY[2]: -p.label[rows].astype(np.float32),
+            SORT_BY[3]: p.generator[rows].astype(np.float32),
+            SORT_BY[4]: -p.error[rows].astype(np.float32),
+        }[self.sort_by]
+        return rows[np.argsort(key, kind="stable")]
+
+    def summary(self) -> str:
+        rows = self.selected
+        n_fake = int((self.points.label[rows] == 1).sum())
+        what = "all filtered images" if self._selection is None else f"{self.selection_kind}"
+        return (
+            f"**{len(rows):,}** images ({what}) · {n_fake:,} fake · {len(rows) - n_fake:,} real"
+            f" · {int(self.points.error[rows].sum()):,} misclassified · of {len(self.points):,}"
+        )
+
+    def __panel__(self):
+        return pn.Param(self.param, widgets=filter_widgets(), show_name=False)
+
+
+def filter_widgets() -> dict:
+    return {
+        "labels": pn.widgets.CheckButtonGroup,
+        "predicted": pn.widgets.CheckButtonGroup,
+        "generators": pn.widgets.MultiChoice,
+        "misclassified": pn.widgets.RadioButtonGroup,
+        "score_range": pn.widgets.RangeSlider,
+    }

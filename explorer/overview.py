@@ -1,0 +1,201 @@
+"""The representation overview: the 2-D layout rasterised by Datashader on the server, a layer
+for the selection (or the highlighted pattern's images), and the cell-glyph layer. Each layer is its
+own DynamicMap with its own dependencies, so that a colour change never recomputes the glyphs and a
+glyph setting never re-aggregates the points. Box, lasso and tap selections write to the
+DataStore."""
+
+from __future__ import annotations
+
+import datashader as ds
+import datashader.transfer_functions as tf
+import holoviews as hv
+import numpy as np
+import panel as pn
+import param
+from holoviews import streams
+
+from .datastore import DataStore
+from .render import glyph_raster, overlay
+from .store import cell_patterns, cell_stats
+
+CATEGORY_COLORS = {
+    "label": {"real": "#3b4cc0", "fake": "#b40426"},
+    "error": {"correct": "#9e9e9e", "error": "#ff7f00"},
+}
+PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf"]
+DEFAULT_SIZE = (900, 600)
+
+
+def _rgb(img, x_range, y_range) -> hv.RGB:
+    """A shaded datashader image -> hv.RGB over the given extent (row 0 at the top)."""
+    arr = np.asarray(img.data)
+    h, w = arr.shape
+    rgba = np.flipud(arr.view(np.uint8).reshape(h, w, 4))
+    (x0, x1), (y0, y1) = x_range, y_range
+    return hv.RGB(rgba, bounds=(x0, y0, x1, y1), vdims=list("RGBA"))
+
+
+class OverviewView(pn.viewable.Viewer):
+    """Datashader overview with cell glyphs; selection tools feed the DataStore."""
+
+    store = param.ClassSelector(class_=DataStore, constant=True)
+
+    def __init__(self, store: DataStore, **params):
+        super().__init__(store=store, **params)
+        p = store.points
+        pad_x = max(float(p.x.max() - p.x.min()) * 0.03, 1e-3) if len(p) else 1.0
+        pad_y = max(float(p.y.max() - p.y.min()) * 0.03, 1e-3) if len(p) else 1.0
+        self.full_x = (float(p.x.min()) - pad_x, float(p.x.max()) + pad_x) if len(p) else (0, 1)
+        self.full_y = (float(p.y.min()) - pad_y, float(p.y.max()) + pad_y) if len(p) else (0, 1)
+        self._filtered = (None, None)  # (filter_version, DataFrame)
+
+    # ----- helpers ------------------------------------------------------------------------------
+    def _ranges(self, x_range, y_range):
+        x_range = tuple(x_range) if x_range else tuple(self.store.x_range or self.full_x)
+        y_range = tuple(y_range) if y_range else tuple(self.store.y_range or self.full_y)
+        return x_range, y_range
+
+    def _canvas(self, x_range, y_range, width, height) -> ds.Canvas:
+        w, h = int(width or DEFAULT_SIZE[0]), int(height or DEFAULT_SIZE[1])
+        return ds.Canvas(plot_width=max(w, 50), plot_height=max(h, 50),
+                         x_range=x_range, y_range=y_range)  # fmt: skip
+
+    def filtered_frame(self):
+        version = self.store.filter_version
+        if self._filtered[0] != version:
+            self._filtered = (version, self.store.frame[self.store.mask])
+        return self._filtered[1]
+
+    # ----- layers -------------------------------------------------------------------------------
+    def points_layer(self, x_range, y_range, width, height, scale, filter_version, color_by):
+        x_range, y_range = self._ranges(x_range, y_range)
+        cvs = self._canvas(x_range, y_range, width, height)
+        df = self.filtered_frame()
+        if color_by == "p_fake":
+            agg = cvs.points(df, "x", "y", ds.mean("p_fake"))
+            img = tf.shade(agg, cmap=["#3b4cc0", "#dddddd", "#b40426"], span=(0, 1), how="linear")
+        else:
+            agg = cvs.points(df, "x", "y", ds.count_cat(color_by))
+            keys = CATEGORY_COLORS.get(color_by) or {
+                g: PALETTE[i % len(PALETTE)] for i, g in enumerate(self.store.points.generators)
+            }
+            img = tf.shade(agg, color_key=keys, how="eq_hist", min_alpha=60)
+        img = tf.dynspread(img, threshold=0.8, max_px=4)
+        return _rgb(img, x_range, y_range)
+
+    def selection_layer(self, x_range, y_range, width, height, scale, selection_version,
+                        filter_version, pattern):  # fmt: skip
+        x_range, y_range = self._ranges(x_range, y_range)
+        store = self.store
+        if pattern is not None and store.patterns is not None:
+            mem = store.patterns.members
+            ids = mem.loc[mem["pattern"] == pattern, "id"].unique()
+            rows = np.flatnonzero(np.isin(store.points.id, ids) & store.mask)
+            color = "#00c853"
+        elif store.selection_kind != "none":
+            rows, color = store.selected, "#111111"
+        else:
+            rows, color = np.zeros(0, np.int64), "#111111"
+        cvs = self._canvas(x_range, y_range, width, height)
+        agg = cvs.points(store.frame.iloc[rows], "x", "y", ds.count())
+        img = tf.spread(tf.shade(agg, cmap=[color, color], how="linear", min_alpha=255), px=1)
+        return _rgb(img, x_range, y_range)
+
+    def glyph_layer(self, x_range, y_range, width, height, scale, filter_version, show_glyphs,
+                    grid):  # fmt: skip
+        x_range, y_range = self._ranges(x_range, y_range)
+        w, h = int(width or DEFAULT_SIZE[0]), int(height or DEFAULT_SIZE[1])
+        if not show_glyphs:
+            return hv.RGB(np.zeros((2, 2, 4), np.uint8), bounds=(x_range[0], y_range[0],
+                          x_range[1], y_range[1]), vdims=list("RGBA"))  # fmt: skip
+        stats, thumbs, pats, coh = self.glyph_data(x_range, y_range, w, h, grid)
+        raster = glyph_raster(stats, thumbs, pats, coh, w, h)
+        (x0, x1), (y0, y1) = x_range, y_range
+        return hv.RGB(raster, bounds=(x0, y0, x1, y1), vdims=list("RGBA"))
+
+    def glyph_data(self, x_range, y_range, width, height, grid):
+        """Cell statistics, representative thumbnails (with fake heat map), mean patterns and
+        their coherence for the current viewport; what the glyph layer draws."""
+        store = self.store
+        nx = int(grid)
+        ny = max(1, int(round(grid * height / max(width, 1))))
+        viewport = (*x_range, *y_range)
+        stats = cell_stats(store.points, viewport, nx, ny, store.mask, per_cell=16)
+        pats, coh = cell_patterns(store.run, store.points, stats, channel=0)
+        thumbs = {}
+        for c, row in enumerate(stats.representative.ravel()):
+            if row < 0:
+                continue
+            img_id = int(store.points.id[row])
+            try:
+                rgb = store.images.thumbnail(img_id, 96)
+            except PermissionError:
+                continue
+            heat = store.run.relevance.get(store.points.part[row], store.points.row[row])[0]
+            thumbs[c] = overlay(rgb, heat, 0.5)
+        return stats, thumbs, pats, coh
+
+    # ----- assembly -----------------------------------------------------------------------------
+    def plot(self):
+        store = self.store
+        x0, y0 = self._ranges(None, None)
+        rng, size = streams.RangeXY(), streams.PlotSize()
+        filt = streams.Params(store, ["filter_version", "color_by"])
+        base = hv.DynamicMap(self.points_layer, streams=[rng, size, filt])
+        sel = hv.DynamicMap(
+            self.selection_layer,
+            streams=[streams.RangeXY(), streams.PlotSize(),
+                     streams.Params(store, ["selection_version", "filter_version", "pattern"])],
+        )  # fmt: skip
+        glyphs = hv.DynamicMap(
+            self.glyph_layer,
+            streams=[streams.RangeXY(), streams.PlotSize(),
+                     streams.Params(store, ["filter_version", "show_glyphs", "grid"])],
+        )  # fmt: skip
+        box = streams.BoundsXY(source=base)
+        lasso = streams.Lasso(source=base)
+        tap = streams.Tap(source=base)
+        box.add_subscriber(lambda bounds: bounds and store.select_box(*bounds))
+        lasso.add_subscriber(
+            lambda geometry: geometry is not None and len(geometry) > 2
+            and store.select_lasso(geometry)
+        )  # fmt: skip
+        tap.add_subscriber(lambda x, y: x is not None and store.select_nearest(x, y))
+        rng.add_subscriber(self._remember_viewport)
+        return (base * sel * glyphs).opts(
+            hv.opts.RGB(
+                tools=["box_select", "lasso_select", "tap"],
+                active_tools=["wheel_zoom", "pan"],
+                responsive=True,
+                min_height=480,
+                xlim=x0,
+                ylim=y0,
+                xaxis=None,
+                yaxis=None,
+            )
+        )
+
+    def _remember_viewport(self, x_range, y_range):
+        if x_range and y_range:
+            self.store.param.update(x_range=tuple(x_range), y_range=tuple(y_range))
+
+    def legend(self) -> str:
+        if self.store.color_by == "p_fake":
+            return (
+                "<b>p(fake)</b> 0 <span style='display:inline-block;width:120px;height:10px;"
+                "background:linear-gradient(90deg,#3b4cc0,#dddddd,#b40426)'></span> 1"
+            )
+        keys = CATEGORY_COLORS.get(self.store.color_by) or {
+            g: PALETTE[i % len(PALETTE)] for i, g in enumerate(self.store.points.generators)
+        }
+        return " ".join(
+            f"<span style='color:{c};font-size:18px'>●</span>{k}" for k, c in keys.items()
+        )
+
+    def __panel__(self):
+        legend = pn.pane.HTML(pn.bind(lambda _: self.legend(), self.store.param.color_by))
+        return pn.Column(
+            pn.pane.HoloViews(self.plot(), sizing_mode="stretch_both", min_height=480),
+            legend,
+            sizing_mode="stretch_both",
+        )

@@ -1,0 +1,251 @@
+"""The linked detail views: images with relevance overlays, patterns, distilled dimensions, and
+the export of the selection. Each view only reads the DataStore and renders."""
+
+from __future__ import annotations
+
+import io
+import tempfile
+from pathlib import Path
+
+import holoviews as hv
+import numpy as np
+import pandas as pd
+import panel as pn
+import param
+
+from pipeline.schema import DISTILLED_COLUMNS, LABEL_NAMES, MAP_NAMES
+
+from . import patterns as pat
+from .datastore import DataStore
+from .render import ImageAccessError, heat_rgba, overlay, to_png
+from .store import export_manifest
+
+SELECTION_DEPS = ("selection_version", "filter_version")
+
+
+def image_card(store: DataStore, row: int, channel: int, size: int = 128) -> pn.Column:
+    """One image with its relevance overlay and a caption."""
+    p = store.points
+    img_id = int(p.id[row])
+    try:
+        rgb = store.images.thumbnail(img_id, size)
+        heat = store.run.relevance.get(p.part[row], p.row[row])[channel]
+        png = to_png(overlay(rgb, heat, store.opacity, store.cmap))
+        body = pn.pane.PNG(png, width=size, height=size, margin=0)
+    except ImageAccessError as e:
+        body = pn.pane.Alert(str(e), alert_type="warning", width=size)
+    label = LABEL_NAMES[int(p.label[row])]
+    wrong = " ✗" if p.error[row] else ""
+    gen = p.generators[p.generator[row]]
+    caption = f"#{img_id} · {label} · {gen}<br>p(fake) {p.p_fake[row]:.2f}{wrong}"
+    return pn.Column(body, pn.pane.HTML(caption, styles={"font-size": "11px"}, margin=0),
+                     width=size + 10, css_classes=["asap-card"])  # fmt: skip
+
+
+class ImageView(pn.viewable.Viewer):
+    """The selection's images, sorted, with the chosen relevance map over each."""
+
+    n_images = param.Integer(default=24, bounds=(1, 200))
+
+    store = param.ClassSelector(class_=DataStore, constant=True)
+
+    def __init__(self, store: DataStore, **params):
+        super().__init__(store=store, **params)
+
+    @param.depends("store.selection_version", "store.filter_version", "store.map_name",
+                   "store.cmap", "store.opacity", "store.sort_by", "n_images")  # fmt: skip
+    def cards(self):
+        store = self.store
+        rows = store.sorted_rows(store.selected)[: self.n_images]
+        if len(rows) == 0:
+            return pn.pane.Markdown("No images match the filters and selection.")
+        channel = MAP_NAMES.index(store.map_name)
+        return pn.FlexBox(*[image_card(store, int(r), channel) for r in rows])
+
+    def __panel__(self):
+        s = self.store
+        controls = pn.Row(
+            pn.widgets.Select.from_param(s.param.map_name, name="map", width=90),
+            pn.widgets.Select.from_param(s.param.cmap, name="colour map", width=100),
+            pn.widgets.FloatSlider.from_param(s.param.opacity, width=140),
+            pn.widgets.Select.from_param(s.param.sort_by, name="sort", width=150),
+        )
+        return pn.Column(controls, self.cards, sizing_mode="stretch_width")
+
+
+class DimensionView(pn.viewable.Viewer):
+    """The 16 distilled dimensions: real vs fake distributions in the selection, how well each
+    separates them (AUC), and the images that drive a chosen dimension most."""
+
+    dimension = param.Selector(default=DISTILLED_COLUMNS[0], objects=DISTILLED_COLUMNS)
+    store = param.ClassSelector(class_=DataStore, constant=True)
+
+    def __init__(self, store: DataStore, **params):
+        super().__init__(store=store, **params)
+        self.values = store.run.features.set_index("id").loc[store.points.id, DISTILLED_COLUMNS]
+        self.values = self.values.to_numpy(np.float32)
+
+    @param.depends("store.selection_version", "store.filter_version")
+    def histograms(self):
+        rows = self.store.selected
+        label = self.store.points.label[rows]
+        plots = []
+        for j, name in enumerate(DISTILLED_COLUMNS):
+            v = self.values[rows, j]
+            lo, hi = (float(v.min()), float(v.max())) if len(v) else (0.0, 1.0)
+            edges = np.linspace(lo, hi if hi > lo else lo + 1, 25)
+            real = np.histogram(v[label == 0], edges, density=True)[0]
+            fake = np.histogram(v[label == 1], edges, density=True)[0]
+            auc = separation_auc(v[label == 0], v[label == 1])
+            title = f"{name}  AUC {auc:.2f}" if np.isfinite(auc) else name
+            plots.append(
+                (hv.Histogram((edges, real), label="real").opts(color="#3b4cc0", alpha=0.5)
+                 * hv.Histogram((edges, fake), label="fake").opts(color="#b40426", alpha=0.5))
+                .opts(title=title, show_legend=False, xaxis=None, yaxis=None,
+                      width=165, height=110, toolbar=None)
+            )  # fmt: skip
+        return pn.pane.HoloViews(hv.Layout(plots).cols(4), linked_axes=False)
+
+    @param.depends("store.selection_version", "store.filter_version")
+    def ranking(self):
+        """The dimensions ranked by how well they separate real from fake in the selection."""
+        rows = self.store.selected
+        label = self.store.points.label[rows]
+        v = self.values[rows]
+        df = pd.DataFrame({
+            "dimension": DISTILLED_COLUMNS,
+            "AUC": [separation_auc(v[label == 0, j], v[label == 1, j]) for j in range(v.shape[1])],
+            "mean real": v[label == 0].mean(axis=0) if (label == 0).any() else np.nan,
+            "mean fake": v[label == 1].mean(axis=0) if (label == 1).any() else np.nan,
+        })  # fmt: skip
+        df["|AUC-0.5|"] = (df["AUC"] - 0.5).abs()
+        df = df.sort_values("|AUC-0.5|", ascending=False).head(6).round(3)
+        tables = self.store.patterns
+        if tables is not None:  # which patterns drive each dimension
+            assoc = tables.patterns[["pattern", "top_dims"]]
+            df["patterns"] = [
+                ", ".join(str(k) for k, d in assoc.itertuples(index=False) if name in d.split(","))
+                for name in df["dimension"]
+            ]
+        return pn.pane.DataFrame(df, index=False, css_classes=["asap-dimensions"])
+
+    @param.depends("store.selection_version", "store.filter_version", "dimension",
+                   "store.opacity", "store.cmap")  # fmt: skip
+    def drivers(self):
+        rows = self.store.selected
+        j = DISTILLED_COLUMNS.index(self.dimension)
+        top = rows[np.argsort(-self.values[rows, j], kind="stable")[:8]]
+        channel = MAP_NAMES.index(self.dimension)
+        text = f"Images with the highest **{self.dimension}**, with that dimension's map:"
+        cards = [image_card(self.store, int(r), channel, 96) for r in top]
+        return pn.Column(pn.pane.Markdown(text), pn.FlexBox(*cards))
+
+    def __panel__(self):
+        pick = pn.widgets.Select.from_param(self.param.dimension, name="dimension", width=120)
+        return pn.Column(self.ranking, self.histograms, pick, self.drivers,
+                         sizing_mode="stretch_width")  # fmt: skip
+
+
+def separation_auc(real: np.ndarray, fake: np.ndarray) -> float:
+    """ROC AUC of a dimension's value as a fake score (Mann-Whitney U); NaN if a class is empty."""
+    if len(real) == 0 or len(fake) == 0:
+        return float("nan")
+    both = np.concatenate([real, fake])
+    ranks = pd.Series(both).rank().to_numpy()
+    return float((ranks[len(real):].sum() - len(fake) * (len(fake) + 1) / 2)
+                 / (len(real) * len(fake)))  # fmt: skip
+
+
+class PatternView(pn.viewable.Viewer):
+    """Discovered patterns within the selection, ranked by measured impact."""
+
+    store = param.ClassSelector(class_=DataStore, constant=True)
+
+    def __init__(self, store: DataStore, **params):
+        super().__init__(store=store, **params)
+
+    def empty(self):
+        return pn.pane.Alert(
+            "This run has no patterns yet. Compute them with "
+            f"`asap patterns {self.store.run_dir}`, then reload this page.",
+            alert_type="info",
+        )
+
+    @param.depends("store.selection_version", "store.filter_version")
+    def table(self):
+        tables = self.store.patterns
+        if tables is None:
+            return self.empty()
+        ids = self.store.points.id[self.store.selected]
+        df = pat.patterns_in(tables, ids)
+        if df.empty:
+            return pn.pane.Markdown("No discovered pattern occurs in the selected images.")
+        df = df[["pattern", "images", "fake", "real", "impact", "impact_lo", "impact_hi",
+                 "random_impact", "top_dims"]].round(3)  # fmt: skip
+        tab = pn.widgets.Tabulator(df, show_index=False, disabled=True, height=220,
+                                   selectable=1, sizing_mode="stretch_width")  # fmt: skip
+        tab.on_click(lambda e: self.store.param.update(pattern=int(df.iloc[e.row]["pattern"])))
+        return tab
+
+    @param.depends("store.pattern", "store.selection_version", "store.filter_version")
+    def detail(self):
+        tables, k = self.store.patterns, self.store.pattern
+        if tables is None or k is None:
+            return pn.pane.Markdown("Click a pattern to see its exemplars; its images turn green "
+                                    "in the overview.")  # fmt: skip
+        ids = self.store.points.id[self.store.selected]
+        gens = pat.generator_counts(tables, k, ids)
+        bars = hv.Bars(list(gens.items()), "generator", "images").opts(
+            width=260, height=160, toolbar=None, title="images per generator (selection)"
+        )
+        grid = self.store.run.relevance.map_shape[1:]
+        loc = pat.location_map(tables, k, grid)
+        loc_png = to_png((heat_rgba(loc, 96, "viridis")[..., :3] * 255).astype(np.uint8))
+        crops = [self.patch_card(r) for kind in (1, 2)
+                 for r in pat.exemplars(tables, k, kind, 5).itertuples()]  # fmt: skip
+        return pn.Column(
+            pn.pane.Markdown(f"**Pattern {k}**: central (first 5) and extreme (last 5) patches"),
+            pn.FlexBox(*crops),
+            pn.Row(pn.pane.HoloViews(bars), pn.Column("location", pn.pane.PNG(loc_png, width=96))),
+        )
+
+    def patch_card(self, r) -> pn.pane.PNG:
+        size, grid = 96, self.store.run.relevance.map_shape[1:]
+        try:
+            rgb = self.store.images.thumbnail(int(r.id), size).copy()
+        except ImageAccessError:
+            return pn.pane.Markdown(f"#{r.id} unavailable")
+        ph, pw = size / grid[0], size / grid[1]
+        y0, x0 = int(r.gy * ph), int(r.gx * pw)
+        y1, x1 = int((r.gy + 1) * ph), int((r.gx + 1) * pw)
+        rgb[y0:y1, [x0, max(x1 - 1, x0)]] = (0, 200, 83)
+        rgb[[y0, max(y1 - 1, y0)], x0:x1] = (0, 200, 83)
+        return pn.pane.PNG(to_png(rgb), width=size, height=size)
+
+    def __panel__(self):
+        return pn.Column(self.table, self.detail, sizing_mode="stretch_width")
+
+
+class ExportView(pn.viewable.Viewer):
+    """Download the selection as a manifest that `asap run` reads."""
+
+    fmt = param.Selector(default="csv", objects=["csv", "parquet"])
+
+    store = param.ClassSelector(class_=DataStore, constant=True)
+
+    def __init__(self, store: DataStore, **params):
+        super().__init__(store=store, **params)
+
+    def payload(self) -> io.BytesIO:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / f"selection.{self.fmt}"
+            export_manifest(self.store.points, self.store.run, self.store.selected, path)
+            return io.BytesIO(path.read_bytes())
+
+    def __panel__(self):
+        button = pn.widgets.FileDownload(
+            callback=self.payload, filename="selection.csv", button_type="primary",
+            label="Export selection", embed=False,
+        )  # fmt: skip
+        self.param.watch(lambda e: setattr(button, "filename", f"selection.{e.new}"), "fmt")
+        return pn.Row(pn.widgets.RadioButtonGroup.from_param(self.param.fmt), button)

@@ -1,0 +1,125 @@
+"""The explorer's server side without a browser: image access stays inside the run's roots, the
+DataStore's filters and selections drive the views, and the app builds for good and bad runs."""
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from explorer.render import ImageAccessError, ImageSource, check_inside, glyph_raster, overlay
+
+
+def test_image_access_stays_inside_roots(tmp_path):
+    root = tmp_path / "imgs"
+    root.mkdir()
+    (tmp_path / "secret.png").write_bytes(b"x")
+    (root / "link.png").symlink_to(tmp_path / "secret.png")  # a symlink escaping the root
+    odd = os.fsencode(root) + b"/caf\xe9 \xff name.png"  # not UTF-8, with spaces
+    from PIL import Image
+
+    Image.new("RGB", (20, 30), (10, 200, 30)).save(os.fsdecode(odd), format="PNG")
+    images = pd.DataFrame({
+        "id": [0, 1, 2, 3],
+        "path_bytes": [odd, os.fsencode(root / "link.png"),
+                       os.fsencode(root / ".." / "secret.png"), os.fsencode(root / "gone.png")],
+    })  # fmt: skip
+    src = ImageSource(images, {"config": {"source": str(root)}})
+    thumb = src.thumbnail(0, 32)
+    assert thumb.shape == (32, 32, 3) and tuple(thumb[16, 16]) == (10, 200, 30)
+    for bad in (1, 2):  # symlink out of the root, and ../
+        with pytest.raises(ImageAccessError, match="outside the run's image roots"):
+            src.thumbnail(bad)
+    for unknown in (99, "../../etc/passwd", None):
+        with pytest.raises(ImageAccessError, match="no image with id"):
+            src.path(unknown)
+    missing = src.thumbnail(3, 16)  # deleted since the run: a placeholder, not an error
+    assert missing.shape == (16, 16, 3)
+    # an explicit extra root allows the outside file
+    assert check_inside(os.fsencode(tmp_path / "secret.png"), (str(tmp_path),))
+    # a sibling whose name merely starts with the root's name is outside
+    (tmp_path / "imgs2").mkdir()
+    with pytest.raises(ImageAccessError):
+        check_inside(os.fsencode(tmp_path / "imgs2" / "a.png"), (str(root),))
+
+
+def test_overlay_and_glyphs_render():
+    rgb = np.full((32, 32, 3), 128, np.uint8)
+    heat = np.zeros((4, 4), np.float32)
+    heat[0, 0] = 1.0
+    out = overlay(rgb, heat, 1.0, "inferno")
+    assert out.shape == rgb.shape and not np.array_equal(out[:4, :4], rgb[:4, :4])
+    assert np.array_equal(out[-2:, -2:], rgb[-2:, -2:])  # zero relevance leaves the image visible
+    from explorer.store import CellStats
+
+    stats = CellStats((0, 1, 0, 1), np.array([[3, 0]]), np.array([[2, 0]]),
+                      np.array([[0.7, np.nan]]), np.array([[0.1, np.nan]]),
+                      np.array([[0, -1]]), [np.array([0]), np.array([], int)])  # fmt: skip
+    r = glyph_raster(stats, {0: rgb}, np.ones((2, 4, 4)), np.array([0.9, np.nan]), 200, 100)
+    assert r.shape == (100, 200, 4)
+    assert r[:, :100, 3].max() > 0 and r[:, 100:, 3].max() == 0  # empty cell draws nothing
+
+
+def test_datastore_filters_selection_and_views(small_run, tmp_path):
+    from explorer.app import App, load_extensions
+
+    load_extensions()
+    app = App(str(small_run), sync_url=False)
+    s = app.store
+    n = len(s.points)
+    assert len(s.selected) == n and "of 120" in s.summary()
+    s.labels = ["fake"]
+    assert (s.points.label[s.selected] == 1).all() and len(s.selected) == 60
+    s.labels = ["real", "fake"]
+    x0, x1 = np.percentile(s.points.x, [0, 50])
+    y0, y1 = s.points.y.min(), s.points.y.max()
+    s.select_box(x0, y0, x1, y1)
+    want = np.flatnonzero((s.points.x >= x0) & (s.points.x <= x1))
+    assert np.array_equal(np.sort(s.selected), want) and "(box)" in s.summary()
+    s.score_range = (0.0, float(np.median(s.points.p_fake)))  # filters narrow a selection
+    assert set(s.selected) <= set(want) and (s.points.p_fake[s.selected] <= s.score_range[1]).all()
+    s.select_nearest(float(s.points.x[5]), float(s.points.y[5]))
+    assert "(tap)" in s.summary()
+    s.score_range = (0.0, 1.0)
+    s.select_nearest(float(s.points.x[5]), float(s.points.y[5]))
+    assert list(s.selected) == [5]
+    # every view renders for the selection
+    cards = app.images.cards()
+    assert len(cards.objects) == 1
+    table = app.dimensions.ranking()
+    assert list(table.object.columns[:2]) == ["dimension", "AUC"]
+    assert app.patterns.table().alert_type == "info"  # no pattern table: a clear empty state
+    s.clear_selection()
+    s.color_by = "p_fake"
+    assert "color_by=p_fake" in app.share_url() and "score_range" in app.share_url()
+    layer = app.overview.points_layer(None, None, 300, 200, 1, 0, "p_fake")
+    assert np.asarray(layer.data)[..., 3].max() > 0  # points were drawn
+    g = app.overview.glyph_layer(None, None, 300, 200, 1, 0, True, 3)
+    assert np.asarray(g.data)[..., 3].max() > 0
+    data = app.export.payload().getvalue()
+    assert len(pd.read_csv(pd.io.common.BytesIO(data))) == n
+
+
+def test_bad_runs_give_a_clear_page(tmp_path, small_run):
+    from explorer.app import create_app
+
+    page = create_app(str(tmp_path / "missing"), sync_url=False)
+    assert "does not exist" in page.main[0].object
+    partial = tmp_path / "partial"
+    shutil.copytree(small_run, partial)
+    (partial / "features.parquet").unlink()
+    assert "is partial" in create_app(str(partial), sync_url=False).main[0].object
+    other = tmp_path / "other"
+    shutil.copytree(small_run, other)
+    meta = json.loads((other / "run.json").read_text())
+    (other / "run.json").write_text(json.dumps({**meta, "schema_version": 99}))
+    assert "schema version 99" in create_app(str(other), sync_url=False).main[0].object
+
+
+def test_serve_command_rejects_a_bad_run(tmp_path, capsys):
+    from pipeline.cli import main
+
+    assert main(["serve", str(tmp_path / "nope")]) == 2
+    assert "does not exist" in capsys.readouterr().err

@@ -1,0 +1,203 @@
+"""The served explorer in a real browser: Debian's chromium driven by Playwright (never
+`playwright install`). The page loads without console errors, the overview draws, a box selection
+changes the image, pattern and dimension views, a filter changes the overview, export returns the
+selected rows, and the view state survives in the URL."""
+
+import io
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync"]  # fmt: skip
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, proc, timeout: float = 60) -> None:
+    end = time.time() + timeout
+    while time.time() < end:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited: {proc.stdout.read()}")
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise TimeoutError(f"nothing listens on port {port} after {timeout} s")
+
+
+@pytest.fixture(scope="module")
+def server(patterned_run):
+    port = free_port()
+    run_dir = str(patterned_run[0])
+    cmd = [sys.executable, "-m", "pipeline.cli", "serve", run_dir, "--port", str(port)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for_port(port, proc)
+        yield f"http://127.0.0.1:{port}/asap"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not os.path.exists(CHROMIUM):
+        pytest.fail("Debian's chromium is missing: `apt-get install chromium` (make test does it)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+class Page:
+    """A loaded explorer page that records console errors."""
+
+    def __init__(self, browser, url):
+        self.page = browser.new_page(viewport={"width": 1500, "height": 1000},
+                                     accept_downloads=True)  # fmt: skip
+        self.errors = []
+        self.page.on("console", lambda m: m.type == "error" and self.errors.append(m.text))
+        self.page.on("pageerror", lambda e: self.errors.append(str(e)))
+        self.page.goto(url)
+        self.summary()  # waits for the session to render
+
+    def summary(self) -> str:
+        loc = self.page.get_by_text(re.compile(r"images \(.*\) ·"))
+        loc.wait_for(timeout=90_000)
+        return loc.inner_text()
+
+    def wait_summary(self, pattern: str, timeout=30) -> str:
+        end = time.time() + timeout
+        while time.time() < end:
+            text = self.summary()
+            if re.search(pattern, text):
+                return text
+            time.sleep(0.3)
+        raise AssertionError(f"summary never matched {pattern!r}; last: {text!r}")
+
+    def overview(self):
+        """The largest canvas on the page: the overview plot."""
+        canvases = self.page.locator("canvas")
+        best, area = None, 0
+        for i in range(canvases.count()):
+            box = canvases.nth(i).bounding_box()
+            if box and box["width"] * box["height"] > area:
+                best, area = canvases.nth(i), box["width"] * box["height"]
+        return best
+
+    def overview_pixels(self) -> np.ndarray:
+        from PIL import Image
+
+        png = self.overview().screenshot()
+        return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), np.int16)
+
+    def first_image(self) -> str:
+        return self.page.locator("img[src^='data:image/png']").first.get_attribute("src")
+
+
+def open_tab(page, name: str) -> None:
+    page.locator(".bk-tab").filter(has_text=name).first.click()
+
+
+def settle(page, check, timeout=30):
+    end = time.time() + timeout
+    while time.time() < end:
+        if check():
+            return True
+        time.sleep(0.3)
+    return False
+
+
+def test_page_loads_and_overview_draws(server, browser):
+    p = Page(browser, server)
+    assert "800 images (all filtered images)" in p.summary()
+    assert settle(p, lambda: p.overview_pixels().std() > 10), "the overview stayed blank"
+    assert p.errors == []
+
+
+def test_box_selection_drives_every_view(server, browser):
+    p = Page(browser, server)
+    page = p.page
+    before_img = p.first_image()
+    open_tab(page, "Dimensions")
+    dims_before = page.locator(".asap-dimensions table").first.inner_text()
+    open_tab(page, "Patterns")
+    pats_before = page.locator(".tabulator").first.inner_text()
+    open_tab(page, "Images")
+    page.locator("[title='Box Select']").first.click()
+    box = p.overview().bounding_box()
+    page.mouse.move(box["x"] + box["width"] * 0.02, box["y"] + box["height"] * 0.02)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.98, steps=8)
+    page.mouse.up()
+    text = p.wait_summary(r"\(box\)")
+    n = int(re.search(r"([\d,]+) images", text).group(1).replace(",", ""))
+    assert 0 < n < 800
+    assert settle(p, lambda: p.first_image() != before_img), "image view did not change"
+    open_tab(page, "Dimensions")
+    assert settle(
+        p, lambda: page.locator(".asap-dimensions table").first.inner_text() != dims_before
+    )
+    open_tab(page, "Patterns")
+    assert settle(p, lambda: page.locator(".tabulator").first.inner_text() != pats_before)
+    # export returns exactly the selected rows
+    with page.expect_download() as dl:
+        page.get_by_role("button", name="Export selection").click()
+    exported = pd.read_csv(dl.value.path())
+    assert len(exported) == n and {"path", "label", "generator", "p_fake"} <= set(exported)
+    assert p.errors == []
+
+
+def test_filter_changes_overview_and_url(server, browser):
+    p = Page(browser, server)
+    page = p.page
+    assert settle(p, lambda: p.overview_pixels().std() > 10)
+    before = p.overview_pixels()
+    page.get_by_role("button", name="fake", exact=True).first.click()  # label filter: real only
+    p.wait_summary(r"^400 images")
+    assert settle(p, lambda: np.abs(p.overview_pixels() - before).sum() > 0), "overview unchanged"
+    page.get_by_role("button", name="p_fake", exact=True).click()
+    share = page.locator(".asap-share input")
+    assert settle(p, lambda: "color_by=p_fake" in share.input_value()), share.input_value()
+    shared = share.input_value()
+    assert shared.startswith(server)
+    q = Page(browser, shared)  # the shared URL restores filters and colouring
+    assert q.summary().startswith("400 images")
+    restored = q.page.locator(".asap-share input").input_value()
+    assert "color_by=p_fake" in restored and "labels=%5B%22real%22%5D" in restored
+    assert p.errors == [] and q.errors == []
+
+
+def test_error_page_for_a_bad_run(browser, tmp_path):
+    port = free_port()
+    cmd = [sys.executable, "-m", "panel", "serve", "explorer/serve.py", "--port", str(port),
+           "--args", str(tmp_path / "missing")]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for_port(port, proc)
+        page = browser.new_page()
+        page.goto(f"http://127.0.0.1:{port}/serve")
+        page.get_by_text("Cannot open this run").wait_for(timeout=60_000)
+        assert "does not exist" in page.get_by_text("does not exist").inner_text()
+    finally:
+        proc.terminate()
+        proc.wait(10)
