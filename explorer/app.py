@@ -15,6 +15,7 @@ from pipeline.schema import RunDirectoryError
 from .datastore import DataStore, filter_widgets
 from .overview import OverviewView
 from .views import DimensionView, ExportView, ImageView, PatternView
+from .whatif import WhatIfView
 
 # parameters of the DataStore mirrored in the page's URL, so that a view can be shared
 URL_STATE = ("labels", "generators", "predicted", "misclassified", "score_range", "color_by",
@@ -47,6 +48,7 @@ class App:
         self.patterns = PatternView(self.store)
         self.dimensions = DimensionView(self.store)
         self.export = ExportView(self.store)
+        self.whatif = WhatIfView(self.store)
 
     def share_url(self, *_) -> str:
         """A link that reopens this view: filters, colouring, map, viewport and pattern. Built
@@ -107,6 +109,7 @@ class App:
             ("Images", self.images),
             ("Patterns", self.patterns),
             ("Dimensions", self.dimensions),
+            ("What-if", self.whatif),
             dynamic=False,
         )
         return [

@@ -82,8 +82,7 @@ class DimensionView(pn.viewable.Viewer):
 
     def __init__(self, store: DataStore, **params):
         super().__init__(store=store, **params)
-        self.values = store.run.features.set_index("id").loc[store.points.id, DISTILLED_COLUMNS]
-        self.values = self.values.to_numpy(np.float32)
+        self.values = store.dims  # shared, read-only
 
     @param.depends("store.selection_version", "store.filter_version")
     def histograms(self):
@@ -184,7 +183,12 @@ class PatternView(pn.viewable.Viewer):
                  "random_impact", "top_dims"]].round(3)  # fmt: skip
         tab = pn.widgets.Tabulator(df, show_index=False, disabled=True, height=220,
                                    selectable=1, sizing_mode="stretch_width")  # fmt: skip
-        tab.on_click(lambda e: self.store.param.update(pattern=int(df.iloc[e.row]["pattern"])))
+
+        def pick(event):
+            if event.new:
+                self.store.pattern = int(df.iloc[event.new[0]]["pattern"])
+
+        tab.param.watch(pick, "selection")
         return tab
 
     @param.depends("store.pattern", "store.selection_version", "store.filter_version")

@@ -3,6 +3,7 @@ DataStore's filters and selections drive the views, and the app builds for good 
 
 import json
 import os
+import re
 import shutil
 
 import numpy as np
@@ -123,3 +124,25 @@ def test_serve_command_rejects_a_bad_run(tmp_path, capsys):
 
     assert main(["serve", str(tmp_path / "nope")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_pattern_view_and_whatif_masking(patterned_run):
+    from explorer.app import App, load_extensions
+
+    load_extensions()
+    app = App(str(patterned_run[0]), sync_url=False)
+    s = app.store
+    table = app.patterns.table()
+    assert len(table.value) >= 2 and table.value["impact"].is_monotonic_decreasing
+    top = int(table.value["pattern"].iloc[0])
+    s.pattern = top
+    detail = app.patterns.detail()
+    assert f"Pattern {top}" in detail[0].object and len(detail[1].objects) > 0
+    # what-if: masking the most relevant patches of a confidently detected fake lowers p(fake)
+    fakes = np.flatnonzero((s.points.label == 1) & (s.points.p_fake > 0.9))
+    s.select_rows(fakes[:1], "tap")
+    app.whatif.mask_top(3)
+    assert len(app.whatif.cells) == 3
+    app.whatif.run_rescore()
+    before, after = (float(v) for v in re.findall(r"\*\*([\d.]+)\*\*", app.whatif.result))
+    assert before > 0.9 and after < before, app.whatif.result
