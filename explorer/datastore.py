@@ -4,6 +4,9 @@ no rendering code; the views in ``overview.py`` and ``views.py`` only read it.""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from functools import lru_cache
+
 import numpy as np
 import pandas as pd
 import panel as pn
@@ -19,6 +22,36 @@ COLOR_BY = ["label", "p_fake", "generator", "error"]
 SORT_BY = ["p(fake) high first", "p(fake) low first", "label", "generator", "errors first"]
 CMAPS = ["inferno", "magma", "viridis", "plasma", "turbo", "gray"]
 MISCLASSIFIED = ["all", "errors only", "correct only"]
+
+
+@dataclass(frozen=True)
+class SharedRun:
+    """What every session of one run reads and nobody writes: loaded once per process."""
+
+    points: object  # explorer.store.Points
+    run: object  # pipeline.schema.Run (lean)
+    frame: pd.DataFrame  # the overview's columns
+    dims: np.ndarray  # (n, 16) distilled values, row-aligned with points
+    images: ImageSource
+    patterns: object  # explorer.patterns.PatternTables or None
+
+
+@lru_cache(maxsize=4)
+def shared_run(run_dir: str, image_roots: tuple[str, ...] = ()) -> SharedRun:
+    points, run = load_points(run_dir)
+    dims = points.dims
+    frame = pd.DataFrame(
+        {
+            "x": points.x,
+            "y": points.y,
+            "label": pd.Categorical.from_codes(points.label, [LABEL_NAMES[0], LABEL_NAMES[1]]),
+            "p_fake": points.p_fake,
+            "generator": pd.Categorical.from_codes(points.generator, list(points.generators)),
+            "error": pd.Categorical.from_codes(points.error.astype(np.int8), ["correct", "error"]),
+        }
+    )
+    images = ImageSource(run.images, run.meta, image_roots)
+    return SharedRun(points, run, frame, dims, images, load_patterns(run))
 
 
 class DataStore(pn.viewable.Viewer):
@@ -46,32 +79,17 @@ class DataStore(pn.viewable.Viewer):
     selection_kind = param.String(default="none", precedence=-1)
 
     def __init__(self, run_dir: str, image_roots: tuple[str, ...] = (), **params):
-        self.points, self.run = load_points(str(run_dir))
+        shared = shared_run(str(run_dir), tuple(image_roots))
+        self.points, self.run, self.frame = shared.points, shared.run, shared.frame
+        self.dims, self.images, self.patterns = shared.dims, shared.images, shared.patterns
         gens = list(self.points.generators)
         self.param.generators.objects = gens
         params.setdefault("generators", gens)
         super().__init__(**params)
         self.run_dir = str(run_dir)
-        self.images = ImageSource(self.run.images, self.run.meta, image_roots)
-        self.patterns = load_patterns(self.run)
         self.mask = np.ones(len(self.points), bool)
         self._selection: np.ndarray | None = None
-        self.frame = self._frame()
         self._update_mask()
-
-    def _frame(self) -> pd.DataFrame:
-        """Columns the overview aggregates, categoricals for Datashader's count_cat."""
-        p = self.points
-        return pd.DataFrame(
-            {
-                "x": p.x,
-                "y": p.y,
-                "label": pd.Categorical.from_codes(p.label, [LABEL_NAMES[0], LABEL_NAMES[1]]),
-                "p_fake": p.p_fake,
-                "generator": pd.Categorical.from_codes(p.generator, list(p.generators)),
-                "error": pd.Categorical.from_codes(p.error.astype(np.int8), ["correct", "error"]),
-            }
-        )
 
     @property
     def filters(self) -> Filters:

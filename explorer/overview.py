@@ -63,7 +63,9 @@ class OverviewView(pn.viewable.Viewer):
     def filtered_frame(self):
         version = self.store.filter_version
         if self._filtered[0] != version:
-            self._filtered = (version, self.store.frame[self.store.mask])
+            mask = self.store.mask
+            frame = self.store.frame if mask.all() else self.store.frame[mask]  # no copy if all
+            self._filtered = (version, frame)
         return self._filtered[1]
 
     # ----- layers -------------------------------------------------------------------------------

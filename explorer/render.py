@@ -52,15 +52,20 @@ class ImageSource:
     """Opens a run's images by id, inside its roots only."""
 
     def __init__(self, images, meta: dict, extra_roots: tuple[str, ...] = ()):
-        self._paths = dict(zip(images["id"].to_numpy(), images["path_bytes"]))
+        order = np.argsort(images["id"].to_numpy(), kind="stable")
+        self._ids = images["id"].to_numpy()[order]
+        self._paths = images["path_bytes"].iloc[order].reset_index(drop=True)  # may be Arrow
         self.roots = image_roots(meta, extra_roots)
 
     def path(self, image_id: int) -> bytes:
         try:
-            path = self._paths[int(image_id)]
-        except (KeyError, ValueError, TypeError) as e:
+            key = int(image_id)
+        except (ValueError, TypeError) as e:
             raise ImageAccessError(f"no image with id {image_id!r} in this run") from e
-        return check_inside(path, self.roots)
+        pos = int(np.searchsorted(self._ids, key))
+        if pos >= len(self._ids) or self._ids[pos] != key:
+            raise ImageAccessError(f"no image with id {image_id!r} in this run")
+        return check_inside(bytes(self._paths.iloc[pos]), self.roots)
 
     def thumbnail(self, image_id: int, size: int = 128) -> np.ndarray:
         """(size, size, 3) uint8: the centre crop the model saw, or a grey tile with a cross when

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.schema import LABEL_FAKE, open_run
+from pipeline.schema import DISTILLED_COLUMNS, LABEL_FAKE, RunDirectoryError, open_run
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,7 @@ class Points:
     generators: tuple[str, ...]
     part: np.ndarray | None = None  # int32, for relevance look-up
     row: np.ndarray | None = None  # int32
+    dims: np.ndarray | None = None  # (n, 16) float32 distilled values
 
     def __len__(self) -> int:
         return len(self.x)
@@ -40,24 +41,44 @@ class Points:
         return self.pred != self.label
 
 
+def _codes(column) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Integer codes (sorted names) of a text column, without a Python string per row."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    enc = pc.dictionary_encode(pa.chunked_array([pa.array(column)])).combine_chunks()
+    names = [str(n) for n in enc.dictionary.to_pylist()]
+    rank = np.argsort(np.argsort(names, kind="stable"))  # dictionary index -> sorted index
+    codes = rank[enc.indices.to_numpy(zero_copy_only=False)].astype(np.int16)
+    return codes, tuple(sorted(names))
+
+
 @lru_cache(maxsize=4)
 def load_points(run_dir: str) -> tuple[Points, object]:
     """Points of a run directory and the opened run (cached per path, shared by sessions)."""
-    run = open_run(run_dir)
-    df = run.features.merge(run.images[["id", "label", "generator"]], on="id", how="left")
-    cats = df["generator"].astype("category")
+    run = open_run(run_dir, lean=True)
+    f, im = run.features, run.images
+    ids = f["id"].to_numpy(np.int64)
+    img_ids = im["id"].to_numpy(np.int64)
+    order = np.argsort(img_ids, kind="stable")  # the contract orders by id; do not rely on it
+    pos = order[np.clip(np.searchsorted(img_ids, ids, sorter=order), 0, len(order) - 1)]
+    if len(ids) and not np.array_equal(img_ids[pos], ids):
+        raise RunDirectoryError(f"{run_dir}: features name images missing from images.parquet")
+    gen_codes, gen_names = _codes(im["generator"])
     pts = Points(
-        id=df["id"].to_numpy(np.int64),
-        x=df["x"].to_numpy(np.float32),
-        y=df["y"].to_numpy(np.float32),
-        label=df["label"].to_numpy(np.int8),
-        p_fake=df["p_fake"].to_numpy(np.float32),
-        pred=df["pred"].to_numpy(np.int8),
-        generator=cats.cat.codes.to_numpy(np.int16),
-        generators=tuple(str(c) for c in cats.cat.categories),
-        part=df["part"].to_numpy(np.int32),
-        row=df["row"].to_numpy(np.int32),
+        id=ids,
+        x=f["x"].to_numpy(np.float32),
+        y=f["y"].to_numpy(np.float32),
+        label=im["label"].to_numpy(np.int8)[pos],
+        p_fake=f["p_fake"].to_numpy(np.float32),
+        pred=f["pred"].to_numpy(np.int8),
+        generator=gen_codes[pos],
+        generators=gen_names,
+        part=f["part"].to_numpy(np.int32),
+        row=f["row"].to_numpy(np.int32),
+        dims=f[DISTILLED_COLUMNS].to_numpy(np.float32),
     )
+    run.features = f[["id"]]  # everything else now lives in the points (saves ~1 GB at 10 M)
     return pts, run
 
 
@@ -234,9 +255,14 @@ def cell_patterns(run, pts: Points, stats: CellStats, channel: int = 0):
 def export_manifest(pts: Points, run, rows: np.ndarray, path: str | Path) -> Path:
     """Write the selected rows as a manifest (CSV or Parquet, by suffix) that `asap run` reads."""
     path = Path(path)
+    import pandas as pd
+
     ids = pts.id[rows]
-    table = run.images.set_index("id").loc[ids, ["path", "label", "generator", "split"]]
-    table = table.reset_index()
+    # the explorer opens runs lean (no path/split columns in memory): read them for these rows
+    images = pd.read_parquet(
+        run.paths.images, columns=["id", "path", "label", "generator", "split"]
+    )
+    table = images.set_index("id").loc[ids].reset_index()
     table["p_fake"] = pts.p_fake[rows]
     if path.suffix.lower() == ".parquet":
         table.to_parquet(path, index=False)

@@ -82,6 +82,8 @@ PART_FEATURE_COLUMNS = {
     "row": "int32",  # row inside the partition's relevance array
 }
 FEATURE_COLUMNS = {**PART_FEATURE_COLUMNS, "x": "float32", "y": "float32"}
+# what a lean open (the explorer) reads of the images table
+LEAN_IMAGE_COLUMNS = {c: IMAGE_COLUMNS[c] for c in ("id", "path_bytes", "label", "generator")}
 PATTERN_COLUMNS = {
     "pattern": "int32",
     "n_patches": "int64",
@@ -216,17 +218,45 @@ def write_table(path: Path, df, columns: dict) -> None:
     atomic_write(path, lambda tmp: out.to_parquet(tmp, index=False))
 
 
-def read_table(path: Path, columns: dict):
+def _arrow_text(pa_type):
+    """Keep text and bytes columns Arrow-backed when converting to pandas (lean reads)."""
+    import pandas as pd
+    import pyarrow as pa
+
+    if (
+        pa.types.is_string(pa_type)
+        or pa.types.is_large_string(pa_type)
+        or pa.types.is_binary(pa_type)
+    ):
+        return pd.ArrowDtype(pa_type)
+    return None
+
+
+def read_table(path: Path, columns: dict, lean: bool = False):
+    """A contract table, validated. ``lean``: text and bytes columns stay Arrow-backed (no Python
+    object per cell), which keeps tens of millions of image paths in a few hundred MB."""
     import pandas as pd
 
-    df = pd.read_parquet(path)
+    if lean:  # read only the contract's columns, and check for them before reading
+        import pyarrow.parquet as pq
+
+        names = set(pq.read_schema(path).names)
+        missing = [c for c in columns if c not in names]
+        df = pd.DataFrame()
+        if not missing:  # column by column, freeing Arrow buffers as they convert (peak ~1x)
+            table = pq.read_table(path, columns=list(columns))
+            df = table.to_pandas(split_blocks=True, self_destruct=True, types_mapper=_arrow_text)
+            del table
+    else:
+        df = pd.read_parquet(path)
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise RunDirectoryError(
             f"{path} lacks columns {missing}; it was written by another ASAP version. "
             "Re-run `asap run` with --fresh to rebuild it."
         )
-    return df.astype({c: t for c, t in columns.items() if t != "object"})
+    keep_arrow = ("string", "object") if lean else ("object",)
+    return df.astype({c: t for c, t in columns.items() if t not in keep_arrow})
 
 
 def empty_table(columns: dict):
@@ -290,8 +320,9 @@ class Run:
         return json.loads(self.paths.metrics.read_text()) if self.paths.metrics.exists() else {}
 
 
-def open_run(root) -> Run:
-    """Open a finished run directory, or raise RunDirectoryError saying what is missing."""
+def open_run(root, lean: bool = False) -> Run:
+    """Open a finished run directory, or raise RunDirectoryError saying what is missing.
+    ``lean``: only LEAN_IMAGE_COLUMNS of the images table, text kept Arrow-backed (the explorer)."""
     root = Path(root)
     if not root.is_dir():
         raise RunDirectoryError(f"run directory {root} does not exist")
@@ -304,8 +335,8 @@ def open_run(root) -> Run:
                 f"Resume it with `asap run {meta.get('config', {}).get('source', 'IMAGES')} "
                 f"--out {root}`."
             )
-    images = read_table(paths.images, IMAGE_COLUMNS)
-    features = read_table(paths.features, FEATURE_COLUMNS)
+    images = read_table(paths.images, LEAN_IMAGE_COLUMNS if lean else IMAGE_COLUMNS, lean=lean)
+    features = read_table(paths.features, FEATURE_COLUMNS, lean=lean)
     rejects = (
         read_table(paths.rejects, REJECT_COLUMNS)
         if paths.rejects.exists()
