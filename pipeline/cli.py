@@ -110,6 +110,37 @@ def _add_serve(sub) -> None:
                    help="host[:port] a browser may connect from, for remote access")  # fmt: skip
 
 
+def _add_patterns(sub) -> None:
+    p = sub.add_parser(
+        "patterns",
+        help="compute (or recompute) the pattern stage of an existing run",
+        description="Run the pattern stage on a finished run directory, with its own settings "
+        "unless overridden: the top patches, patterns, impact and faithfulness tables.",
+    )
+    p.add_argument("run", help="run directory")
+    p.add_argument("--patterns", type=int, default=None, help="number of patterns (0: silhouette)")
+    p.add_argument("--pattern-feature", choices=["token", "spectrum", "both"], default=None)
+    p.add_argument("--scheduler", default=None, help="address of an existing Dask scheduler")
+    p.add_argument("--quiet", action="store_true")
+
+
+def patterns_config(a: argparse.Namespace) -> RunConfig:
+    """The run's own configuration (run.json), with the pattern stage on and any overrides."""
+    from dataclasses import replace
+
+    from .schema import read_run_json
+
+    meta = read_run_json(a.run)
+    cfg = RunConfig.from_dict({**meta["config"], "out": a.run, "scheduler": a.scheduler,
+                               "progress": not a.quiet})  # fmt: skip
+    over = {"enabled": True}
+    if a.patterns is not None:
+        over["n_patterns"] = a.patterns
+    if a.pattern_feature is not None:
+        over["feature"] = a.pattern_feature
+    return replace(cfg, patterns=replace(cfg.patterns, **over))
+
+
 def build_config(a: argparse.Namespace) -> RunConfig:
     return RunConfig(
         # absolute, so that the run's image paths open from any working directory (the explorer)
@@ -167,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_run(sub)
     _add_info(sub)
     _add_serve(sub)
+    _add_patterns(sub)
     a = parser.parse_args(argv)
     try:
         if a.command == "run":
@@ -176,6 +208,10 @@ def main(argv: list[str] | None = None) -> int:
             print(paths.root)
         elif a.command == "info":
             print(json.dumps(_info(a.run), indent=2, default=str))
+        elif a.command == "patterns":
+            from .runner import run_pipeline
+
+            print(run_pipeline(patterns_config(a)).root)
         elif a.command == "serve":
             from explorer.server import serve
 

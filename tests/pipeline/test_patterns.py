@@ -98,7 +98,9 @@ def test_pattern_stage_resumes_per_partition(patterned_run, tmp_path, dask_sched
     before = pd.read_parquet(out / "patterns.parquet")
     (out / "parts" / "patches-00001.npz").unlink()  # as if killed during the pattern stage
     (out / "patterns.parquet").unlink()
-    run_pipeline(cfg)
+    from pipeline.cli import main
+
+    assert main(["patterns", str(out), "--scheduler", dask_scheduler, "--quiet"]) == 0
     meta = json.loads((out / "run.json").read_text())
     assert meta["stages"]["patterns"]["computed"] == 1
     after = pd.read_parquet(out / "patterns.parquet")
