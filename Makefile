@@ -37,13 +37,20 @@ test: setup lint browser
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
 
-# The demo: build the embedded data set (data/build_demo.py), train the demo encoder and run the
-# pipeline. Re-running reuses the data, the trained encoder and every finished partition.
+# The demo: build the embedded data set (data/build_demo.py), train the demo encoder, run the
+# pipeline (maps, layout, patterns) and serve the explorer on it. Re-running reuses the data, the
+# trained encoder and every finished partition. SERVE=0 stops before serving (CI, scripts).
 DEMO_N ?= 2000
+SERVE ?= 1
+PORT ?= 5006
 demo: setup
 	$(BIN)/python data/build_demo.py --n $(DEMO_N) --out data/demo --seed 0
 	$(BIN)/asap run data/demo --out runs/demo
 	$(BIN)/asap info runs/demo
+	if [ "$(SERVE)" = 1 ]; then $(BIN)/asap serve runs/demo --port $(PORT); fi
+
+serve: setup
+	$(BIN)/asap serve runs/demo --port $(PORT)
 
 bench: setup
 	$(BIN)/python benchmarks/pipeline.py --quick
