@@ -186,7 +186,34 @@ def _info(run_dir: str) -> dict:
         "map_shape": list(run.relevance.map_shape),
         "timings": run.meta.get("timings"),
         "metrics_test": run.metrics.get("test", {}).get("overall"),
+        **_pattern_info(run),
     }
+
+
+def _pattern_info(run) -> dict:
+    """Patterns ranked by impact, and the maps' faithfulness, when the pattern stage has run."""
+    from .schema import FAITHFULNESS_COLUMNS, PATTERN_COLUMNS, read_table
+
+    if not (run.paths.patterns.exists() and run.paths.faithfulness.exists()):
+        return {"patterns": None}
+    pats = read_table(run.paths.patterns, PATTERN_COLUMNS).sort_values("impact", ascending=False)
+    faith = read_table(run.paths.faithfulness, FAITHFULNESS_COLUMNS)
+    cols = [
+        "pattern",
+        "n_images",
+        "fake_share",
+        "impact",
+        "impact_lo",
+        "impact_hi",
+        "random_impact",
+    ]
+    means = faith.drop(columns=["id"]).mean()
+    records = [
+        {k: round(float(v), 3) if isinstance(v, float) else int(v) for k, v in r.items()}
+        for r in pats[cols].to_dict("records")
+    ]
+    faithful = {k: round(float(v), 3) for k, v in means.items()}
+    return {"patterns": records, "faithfulness": {"images": len(faith), **faithful}}
 
 
 def main(argv: list[str] | None = None) -> int:

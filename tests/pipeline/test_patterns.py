@@ -81,6 +81,13 @@ def test_faithfulness_beats_random_order(patterned_run):
     assert faith["insertion_auc"].mean() > faith["deletion_auc"].mean()
     for c in ("deletion_auc", "insertion_auc", "deletion_auc_attention"):
         assert faith[c].between(0, 1).all()
+    from pipeline.cli import _info  # `asap info` reports both tables
+
+    info = _info(str(out))
+    assert info["faithfulness"]["images"] == len(faith)
+    impacts = [p["impact"] for p in info["patterns"]]
+    assert len(impacts) == len(pd.read_parquet(out / "patterns.parquet"))
+    assert impacts == sorted(impacts, reverse=True)
 
 
 def test_pattern_stage_resumes_per_partition(patterned_run, tmp_path, dask_scheduler):
