@@ -259,6 +259,31 @@ def read_table(path: Path, columns: dict, lean: bool = False):
     return df.astype({c: t for c, t in columns.items() if t not in keep_arrow})
 
 
+def read_columns(path: Path, columns: dict, stack: tuple = ()) -> dict:
+    """Lean read of a numeric contract table: each column straight into a numpy array, one column
+    in flight at a time; the ``stack`` columns go into one (n, len(stack)) float32 array under the
+    key "stack" (the distilled values, without a second copy)."""
+    import pyarrow.parquet as pq
+
+    pf = pq.ParquetFile(path)
+    missing = [c for c in columns if c not in pf.schema_arrow.names]
+    if missing:
+        raise RunDirectoryError(
+            f"{path} lacks columns {missing}; it was written by another ASAP version. "
+            "Re-run `asap run` with --fresh to rebuild it."
+        )
+    out: dict = {}
+    if stack:
+        out["stack"] = np.empty((pf.metadata.num_rows, len(stack)), np.float32)
+    for c, dtype in columns.items():
+        col = pf.read(columns=[c]).column(0).to_numpy()
+        if c in stack:
+            out["stack"][:, stack.index(c)] = col
+        else:
+            out[c] = col.astype(dtype, copy=False)
+    return out
+
+
 def empty_table(columns: dict):
     import pandas as pd
 
@@ -311,7 +336,7 @@ class Run:
     paths: RunPaths
     meta: dict
     images: object  # pandas.DataFrame, IMAGE_COLUMNS
-    features: object  # pandas.DataFrame, FEATURE_COLUMNS
+    features: object  # pandas.DataFrame, FEATURE_COLUMNS (a dict of numpy columns when lean)
     rejects: object  # pandas.DataFrame, REJECT_COLUMNS
     relevance: RelevanceStore
 
@@ -322,7 +347,8 @@ class Run:
 
 def open_run(root, lean: bool = False) -> Run:
     """Open a finished run directory, or raise RunDirectoryError saying what is missing.
-    ``lean``: only LEAN_IMAGE_COLUMNS of the images table, text kept Arrow-backed (the explorer)."""
+    ``lean`` (the explorer): only LEAN_IMAGE_COLUMNS of the images table, text kept Arrow-backed,
+    and the features as a dict of numpy columns (see read_columns)."""
     root = Path(root)
     if not root.is_dir():
         raise RunDirectoryError(f"run directory {root} does not exist")
@@ -336,13 +362,16 @@ def open_run(root, lean: bool = False) -> Run:
                 f"--out {root}`."
             )
     images = read_table(paths.images, LEAN_IMAGE_COLUMNS if lean else IMAGE_COLUMNS, lean=lean)
-    features = read_table(paths.features, FEATURE_COLUMNS, lean=lean)
+    if lean:  # a dict of numpy columns; the distilled values stacked under "stack"
+        features = read_columns(paths.features, FEATURE_COLUMNS, tuple(DISTILLED_COLUMNS))
+    else:
+        features = read_table(paths.features, FEATURE_COLUMNS)
     rejects = (
         read_table(paths.rejects, REJECT_COLUMNS)
         if paths.rejects.exists()
         else empty_table(REJECT_COLUMNS)
     )
-    parts = sorted(int(p) for p in features["part"].unique())
+    parts = sorted(int(p) for p in np.unique(np.asarray(features["part"])))
     missing = [p for p in parts if not paths.part_relevance(p).exists()]
     if missing:
         raise RunDirectoryError(f"{root} is partial: relevance for partitions {missing} missing")
