@@ -36,7 +36,7 @@ def rescore(store: DataStore, image_id: int, cells: list[tuple[int, int]]) -> tu
     for y, x_ in cells:
         grid[0, y, x_] = True
     before = float(p_fake(model, x)[0])
-    after = float(p_fake(model, masked(model, x, blurred(model, x), grid))[0])
+    after = float(p_fake(model, masked(x, blurred(model, x), grid))[0])
     return before, after
 
 

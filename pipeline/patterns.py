@@ -289,8 +289,8 @@ def pattern_impact(paths: list[bytes], cells: list[list[tuple[int, int]]], model
         rnd[i].view(-1)[torch.as_tensor(pick, dtype=torch.long)] = True
     ref = blurred(model, pixels)
     base = p_fake(model, pixels)
-    drop = base - p_fake(model, masked(model, pixels, ref, pat.to(device)))
-    rdrop = base - p_fake(model, masked(model, pixels, ref, rnd.to(device)))
+    drop = base - p_fake(model, masked(pixels, ref, pat.to(device)))
+    rdrop = base - p_fake(model, masked(pixels, ref, rnd.to(device)))
     return {"drop": drop.cpu().numpy(), "random_drop": rdrop.cpu().numpy()}
 
 

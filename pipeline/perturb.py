@@ -31,7 +31,7 @@ def patch_mask(keep: torch.Tensor, size: int) -> torch.Tensor:
     return torch.nn.functional.interpolate(keep[:, None].float(), size=(size, size), mode="nearest")
 
 
-def masked(model: ASAPEncoder, pixels, reference, grid_mask) -> torch.Tensor:
+def masked(pixels, reference, grid_mask) -> torch.Tensor:
     """pixels with the patches where grid_mask (B, gh, gw) is True taken from reference."""
     m = patch_mask(grid_mask, pixels.shape[-1])
     return pixels * (1 - m) + reference * m
@@ -70,7 +70,7 @@ def perturbation_curves(model, pixels, order: torch.Tensor, steps: int, insertio
     for s in range(steps + 1):
         top = rank < round(n * s / steps)  # (B, n): the first s/steps of the order
         grid = top.reshape(B, gh, gw)
-        x = masked(model, ref, pixels, grid) if insertion else masked(model, pixels, ref, grid)
+        x = masked(ref, pixels, grid) if insertion else masked(pixels, ref, grid)
         out.append(p_fake(model, x))
     return torch.stack(out, dim=1)
 

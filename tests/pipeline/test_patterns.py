@@ -20,10 +20,10 @@ def test_masking_primitives():
     x = torch.randn(2, 3, 16, 16)
     ref = torch.zeros_like(x)
     none = torch.zeros(2, 4, 4, dtype=torch.bool)
-    assert torch.equal(masked(None, x, ref, none), x)
+    assert torch.equal(masked(x, ref, none), x)
     one = none.clone()
     one[0, 1, 2] = True  # patch (1, 2) of a 4x4 grid = pixels [4:8, 8:12]
-    out = masked(None, x, ref, one)
+    out = masked(x, ref, one)
     assert (out[0, :, 4:8, 8:12] == 0).all() and torch.equal(out[1], x[1])
     assert torch.equal(out[0, :, :4], x[0, :, :4])
     maps = torch.tensor([[[0.1, 0.9], [0.5, 0.0]]])
