@@ -78,10 +78,7 @@ class OverviewView(pn.viewable.Viewer):
             img = tf.shade(agg, cmap=["#3b4cc0", "#dddddd", "#b40426"], span=(0, 1), how="linear")
         else:
             agg = cvs.points(df, "x", "y", ds.count_cat(color_by))
-            keys = CATEGORY_COLORS.get(color_by) or {
-                g: PALETTE[i % len(PALETTE)] for i, g in enumerate(self.store.points.generators)
-            }
-            img = tf.shade(agg, color_key=keys, how="eq_hist", min_alpha=60)
+            img = tf.shade(agg, color_key=self.color_key(color_by), how="eq_hist", min_alpha=60)
         img = tf.dynspread(img, threshold=0.8, max_px=4)
         return _rgb(img, x_range, y_range)
 
@@ -181,15 +178,19 @@ class OverviewView(pn.viewable.Viewer):
         if x_range and y_range:
             self.store.param.update(x_range=tuple(x_range), y_range=tuple(y_range))
 
+    def color_key(self, color_by: str) -> dict:
+        """Category -> colour for a categorical colouring (the generators get a palette)."""
+        return CATEGORY_COLORS.get(color_by) or {
+            g: PALETTE[i % len(PALETTE)] for i, g in enumerate(self.store.points.generators)
+        }
+
     def legend(self) -> str:
         if self.store.color_by == "p_fake":
             return (
                 "<b>p(fake)</b> 0 <span style='display:inline-block;width:120px;height:10px;"
                 "background:linear-gradient(90deg,#3b4cc0,#dddddd,#b40426)'></span> 1"
             )
-        keys = CATEGORY_COLORS.get(self.store.color_by) or {
-            g: PALETTE[i % len(PALETTE)] for i, g in enumerate(self.store.points.generators)
-        }
+        keys = self.color_key(self.store.color_by)
         return " ".join(
             f"<span style='color:{c};font-size:18px'>●</span>{k}" for k, c in keys.items()
         )

@@ -182,9 +182,14 @@ def patch_partition(part: int, paths: list[bytes], run_root: str, model_path: st
             "seconds": time.perf_counter() - t0}  # fmt: skip
 
 
-def load_patches(run: RunPaths, part: int) -> dict:
+def load_patches(run: RunPaths, part: int, keys: tuple[str, ...] | None = None) -> dict:
+    """A partition's patch arrays; only ``keys`` when given (an .npz reads each array lazily)."""
     with np.load(run.part_patches(part)) as z:
-        return {k: z[k] for k in z.files}
+        return {k: z[k] for k in (keys or z.files)}
+
+
+def _features(run: RunPaths, part: int) -> np.ndarray:
+    return load_patches(run, part, ("feature",))["feature"].astype(np.float32)
 
 
 def choose_k(sample: np.ndarray, cfg: PatternConfig) -> int:
@@ -209,12 +214,11 @@ def cluster(run: RunPaths, parts: list[int], cfg: PatternConfig):
     from sklearn.cluster import KMeans, MiniBatchKMeans
 
     rng = np.random.default_rng(cfg.seed)
-    sizes = {p: len(load_patches(run, p)["id"]) for p in parts}
-    total = sum(sizes.values())
+    total = sum(len(load_patches(run, p, ("id",))["id"]) for p in parts)
     frac = min(1.0, cfg.sample / max(total, 1))
     sample = []
     for p in parts:
-        f = load_patches(run, p)["feature"].astype(np.float32)
+        f = _features(run, p)
         sample.append(f[rng.random(len(f)) < frac])
     sample = np.concatenate(sample)
     if len(sample) < 3:
@@ -223,12 +227,12 @@ def cluster(run: RunPaths, parts: list[int], cfg: PatternConfig):
     init = KMeans(k, n_init=3, random_state=cfg.seed).fit(sample).cluster_centers_
     mbk = MiniBatchKMeans(k, init=init, n_init=1, random_state=cfg.seed, batch_size=4096)
     for p in parts:
-        f = load_patches(run, p)["feature"].astype(np.float32)
+        f = _features(run, p)
         if len(f) >= k:
             mbk.partial_fit(f)
     assigned = {}
     for p in parts:
-        f = load_patches(run, p)["feature"].astype(np.float32)
+        f = _features(run, p)
         if len(f) == 0:
             assigned[p] = (np.zeros(0, np.int32), np.zeros(0, np.float32))
             continue
@@ -241,7 +245,7 @@ def cluster(run: RunPaths, parts: list[int], cfg: PatternConfig):
 def members_table(run: RunPaths, parts: list[int], assigned: dict, n_exemplars: int = 6):
     frames, dims = [], []
     for p in parts:
-        z = load_patches(run, p)
+        z = load_patches(run, p, ("id", "gy", "gx", "relevance", "dims"))
         lab, dist = assigned[p]
         frames.append(pd.DataFrame({"pattern": lab, "id": z["id"].astype(np.int64),
                                     "gy": z["gy"], "gx": z["gx"], "relevance": z["relevance"],
@@ -369,7 +373,7 @@ def stage_patterns(cfg: RunConfig, run: RunPaths, images: pd.DataFrame, parts: l
     table = summarize(mem, dims, images, impacts)
     faith = []
     for i in ids_parts:
-        z = load_patches(run, i)
+        z = load_patches(run, i, tuple(f"faith_{c}" for c in FAITHFULNESS_COLUMNS))
         faith.append(pd.DataFrame({c: z[f"faith_{c}"] for c in FAITHFULNESS_COLUMNS}))
     faith = pd.concat(faith, ignore_index=True)
     write_table(run.pattern_members, mem, PATTERN_MEMBER_COLUMNS)
