@@ -7,7 +7,16 @@ import json
 import os
 import sys
 
+import numpy as np
+
 from .config import EncoderConfig, PatternConfig, RunConfig, TrainConfig
+
+# The registry's names (pipeline.explain.METHODS; a test keeps them equal), spelled here so that
+# `asap --help` and `asap serve` do not import torch.
+METHOD_HELP = (
+    "chefer_all (default), legrad, attngrad, gradinput, rollout, attention, chefer_last, "
+    "occlusion (65 forward passes: for small sets)"
+)
 
 RUN_EPILOG = """\
 image layouts read (folder names case-insensitive):
@@ -62,10 +71,18 @@ def _add_run(sub) -> None:
     r.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     r.add_argument(
         "--maps",
-        choices=["last", "all"],
-        default="last",
-        help="last: last block's gradient-weighted attention (default, ~1x a forward pass); "
-        "all: full multi-layer rollout (costs a backward pass per map)",
+        default=None,
+        metavar="METHOD",
+        help=f"explanation method of the fake/real maps: {METHOD_HELP}. The 16 dimension maps "
+        "always use chefer_last. See README, 'Explanation methods', for what each costs and how "
+        "faithful each measured",
+    )
+    r.add_argument(
+        "--compare-maps",
+        default=",".join(RunConfig.__dataclass_fields__["compare_maps"].default),
+        metavar="M1,M2",
+        help="methods whose fake map is also stored, for the explorer and the faithfulness "
+        "table (default: %(default)s, which cost nothing extra; '' for none)",
     )
     r.add_argument("--layout", choices=["umap", "pca"], default="umap")
     r.add_argument("--seed", type=int, default=0)
@@ -163,6 +180,7 @@ def build_config(a: argparse.Namespace) -> RunConfig:
         partition_size=a.partition_size,
         batch_size=a.batch_size,
         maps=a.maps,
+        compare_maps=tuple(m for m in a.compare_maps.split(",") if m.strip()),
         layout=a.layout,
         seed=a.seed,
         scheduler=a.scheduler,
@@ -184,6 +202,11 @@ def _info(run_dir: str) -> dict:
         "features": len(run.features),
         "rejects": len(run.rejects),
         "map_shape": list(run.relevance.map_shape),
+        "maps": {
+            "fake_real": run.relevance.methods[0],
+            "dimensions": "chefer_last",
+            "compare": run.relevance.methods[1:],
+        },  # fmt: skip
         "timings": run.meta.get("timings"),
         "metrics_test": run.metrics.get("test", {}).get("overall"),
         **_pattern_info(run),
@@ -192,28 +215,27 @@ def _info(run_dir: str) -> dict:
 
 def _pattern_info(run) -> dict:
     """Patterns ranked by impact, and the maps' faithfulness, when the pattern stage has run."""
+    from .metrics import faithfulness_summary
     from .schema import FAITHFULNESS_COLUMNS, PATTERN_COLUMNS, read_table
 
     if not (run.paths.patterns.exists() and run.paths.faithfulness.exists()):
         return {"patterns": None}
     pats = read_table(run.paths.patterns, PATTERN_COLUMNS).sort_values("impact", ascending=False)
     faith = read_table(run.paths.faithfulness, FAITHFULNESS_COLUMNS)
-    cols = [
-        "pattern",
-        "n_images",
-        "fake_share",
-        "impact",
-        "impact_lo",
-        "impact_hi",
-        "random_impact",
-    ]
-    means = faith.drop(columns=["id"]).mean()
+    cols = ["pattern", "n_images", "fake_share", "impact", "impact_lo", "impact_hi",
+            "random_impact", "significant"]  # fmt: skip
+
+    def rounded(v):
+        if isinstance(v, dict):
+            return {k: rounded(x) for k, x in v.items()}
+        return round(float(v), 4) if isinstance(v, float) else v
+
     records = [
-        {k: round(float(v), 3) if isinstance(v, float) else int(v) for k, v in r.items()}
+        {k: rounded(v) if not isinstance(v, (bool, np.bool_)) else bool(v) for k, v in r.items()}
         for r in pats[cols].to_dict("records")
     ]
-    faithful = {k: round(float(v), 3) for k, v in means.items()}
-    return {"patterns": records, "faithfulness": {"images": len(faith), **faithful}}
+    summary = faithfulness_summary(faith, run.relevance.methods[0])
+    return {"patterns": records, "faithfulness": rounded(summary)}
 
 
 def main(argv: list[str] | None = None) -> int:

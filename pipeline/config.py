@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+STEMS = ("highpass", "none")
+
 
 @dataclass(frozen=True)
 class EncoderConfig:
@@ -17,6 +19,16 @@ class EncoderConfig:
     distilled_dim: int = 16
     # optional .pt file holding a (proj_dim, embed_dim) text-disentangling matrix to start from
     text_projection: str | None = None
+    # what the tower sees: "highpass" (image minus a blurred copy: the residual where generator
+    # traces live, as forensic detectors' SRM/residual stems) or "none" (the pixels, as CLIP was
+    # trained). None: "highpass" for towers trained from scratch, "none" for pretrained ones.
+    stem: str | None = None
+
+    def __post_init__(self):
+        stem = self.stem or ("none" if self.pretrained else "highpass")
+        if stem not in STEMS:
+            raise ValueError(f"stem must be one of {STEMS}, got {self.stem!r}")
+        object.__setattr__(self, "stem", stem)
 
     @property
     def frozen_backbone(self) -> bool:
@@ -26,7 +38,10 @@ class EncoderConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 20  # passes over the train split
+    # at most this many passes over the train split; training stops earlier when the validation
+    # loss has not improved for `patience` epochs (the best epoch's weights are kept)
+    epochs: int = 60
+    patience: int = 6
     batch_size: int = 32
     lr: float = 5e-4  # AdamW learning rate (heads use 10x when the backbone is frozen)
     weight_decay: float = 0.05
@@ -34,6 +49,15 @@ class TrainConfig:
     seed: int = 0
     # cache decoded, resized images in memory while training when they fit in this many bytes
     cache_bytes: int = 2 << 30
+
+    def __post_init__(self):
+        if self.epochs < 1 or self.patience < 1 or self.batch_size < 1:
+            raise ValueError(
+                f"epochs, patience and batch size must be >= 1 (got epochs={self.epochs}, "
+                f"patience={self.patience}, batch size={self.batch_size})"
+            )
+        if not self.lr > 0:
+            raise ValueError(f"the learning rate must be > 0, got {self.lr}")
 
 
 @dataclass(frozen=True)
@@ -71,7 +95,11 @@ class RunConfig:
     encoder_checkpoint: str | None = None  # reuse a trained ASAP encoder instead of training
     partition_size: int = 512  # images per Dask task / output file
     batch_size: int = 64  # images per forward pass inside a partition
-    maps: str = "last"  # "last": last block (default, as in the paper); "all": full rollout
+    # explanation method of the fake and real maps (pipeline.explain; None: its DEFAULT_METHOD);
+    # the 16 dimension maps always use the cheap last-block rule
+    maps: str | None = None
+    # methods whose fake map is also stored, for comparison in the explorer and faithfulness
+    compare_maps: tuple[str, ...] = ("chefer_last", "attention")
     layout: str = "umap"  # "umap" or "pca"
     seed: int = 0
     scheduler: str | None = None  # address of an existing Dask scheduler; None: LocalCluster
@@ -82,8 +110,12 @@ class RunConfig:
     progress: bool = True
 
     def __post_init__(self):
-        if self.maps not in ("last", "all"):
-            raise ValueError(f"maps must be 'last' or 'all', got {self.maps!r}")
+        from .explain import DEFAULT_METHOD, get_method
+
+        # canonical names (aliases resolved), so that a resumed run compares like with like
+        object.__setattr__(self, "maps", get_method(self.maps or DEFAULT_METHOD).name)
+        compare = tuple(dict.fromkeys(get_method(m).name for m in self.compare_maps))
+        object.__setattr__(self, "compare_maps", tuple(m for m in compare if m != self.maps))
         if self.layout not in ("umap", "pca"):
             raise ValueError(f"layout must be 'umap' or 'pca', got {self.layout!r}")
         if self.partition_size < 1 or self.batch_size < 1:

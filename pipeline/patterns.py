@@ -29,6 +29,7 @@ import torch
 
 from .config import PatternConfig, RunConfig
 from .imageio import ImageRejected, load_for_model, normalize
+from .metrics import faithfulness_summary
 from .perturb import (
     blurred,
     bootstrap_ci,
@@ -45,12 +46,16 @@ from .schema import (
     PART_FEATURE_COLUMNS,
     PATTERN_COLUMNS,
     PATTERN_MEMBER_COLUMNS,
+    RANDOM_ORDER,
     RunPaths,
     atomic_write,
     read_table,
     write_table,
 )
 from .worker import cached_model, pick_device
+
+# fewer re-scored images than this make a bootstrap interval meaningless: never significant
+MIN_SIGNIFICANT = 5
 
 
 def _pixels(model, paths: list[bytes]):
@@ -113,30 +118,24 @@ def describe(model, pixels, maps: np.ndarray, cfg: PatternConfig):
     return b_idx, gy, gx, rel, feat.astype(np.float16), dim_share.astype(np.float16)
 
 
-def faithfulness(model, pixels, maps: np.ndarray, steps: int, seed: int) -> dict:
-    """Deletion AUC of the fake map, of a random order and of plain attention; insertion AUC."""
-    gen = torch.Generator().manual_seed(seed)
-    fake = torch.as_tensor(maps[:, 0], dtype=torch.float32)
-    _, attn = tokens_and_attention(model, pixels)
-    order = order_by(fake).to(pixels.device)
-    rand = torch.argsort(torch.rand(fake.reshape(len(fake), -1).shape, generator=gen), dim=1)
-    return {
-        "p_fake": p_fake(model, pixels).cpu().numpy(),
-        "deletion_auc": curve_area(perturbation_curves(model, pixels, order, steps, False).cpu()),
-        "insertion_auc": curve_area(perturbation_curves(model, pixels, order, steps, True).cpu()),
-        "deletion_auc_random": curve_area(
-            perturbation_curves(model, pixels, rand.to(pixels.device), steps, False).cpu()
-        ),
-        "deletion_auc_attention": curve_area(
-            perturbation_curves(
-                model, pixels, order_by(attn.cpu()).to(pixels.device), steps, False
-            ).cpu()
-        ),
-    }
+def faithfulness(model, pixels, orders: dict[str, torch.Tensor], steps: int) -> pd.DataFrame:
+    """Deletion and insertion areas of each patch order (name -> (B, gh, gw) map, or None for a
+    random order): one row per (image index, method)."""
+    base = p_fake(model, pixels).cpu().numpy()
+    rows = []
+    for name, fake in orders.items():
+        order = order_by(fake.to(pixels.device))
+        dele = curve_area(perturbation_curves(model, pixels, order, steps, False).cpu())
+        ins = curve_area(perturbation_curves(model, pixels, order, steps, True).cpu())
+        idx = np.arange(len(pixels))
+        rows.append(pd.DataFrame({"index": idx, "method": name, "p_fake": base,
+                                  "deletion_auc": dele, "insertion_auc": ins}))  # fmt: skip
+    return pd.concat(rows, ignore_index=True)
 
 
 def patch_partition(part: int, paths: list[bytes], run_root: str, model_path: str, sha: str,
-                    cfg: PatternConfig, device: str | None, batch_size: int) -> dict:  # fmt: skip
+                    cfg: PatternConfig, device: str | None, batch_size: int,
+                    methods: list[str]) -> dict:  # fmt: skip
     """Describe one partition's top patches and its faithfulness sample; write patches-NNNNN.npz."""
     run = RunPaths(Path(run_root))
     out_path = run.part_patches(part)
@@ -147,6 +146,7 @@ def patch_partition(part: int, paths: list[bytes], run_root: str, model_path: st
     model = cached_model(model_path, sha, device)
     feats = read_table(run.part_features(part), PART_FEATURE_COLUMNS)
     rel = np.load(run.part_relevance(part), mmap_mode="r")
+    cmp = np.load(run.part_compare(part), mmap_mode="r")
     # faithfulness on images scored fake: deleting fake evidence must lower p(fake)
     rng = np.random.default_rng(cfg.seed + part)
     scored_fake = np.flatnonzero(feats["pred"].to_numpy() == 1)
@@ -166,12 +166,20 @@ def patch_partition(part: int, paths: list[bytes], run_root: str, model_path: st
             acc[k].append(v)
         pick = np.array([i for i, row in enumerate(rows) if row in faith_rows], np.int64)
         if len(pick):
-            res = faithfulness(model, pixels[pick], maps[pick], cfg.steps, cfg.seed + part)
-            faith.append(pd.DataFrame({"id": feats["id"].to_numpy()[rows][pick], **res}))
+            fr = feats["row"].to_numpy()[rows][pick]
+            orders = {methods[0]: torch.as_tensor(maps[pick, 0])}
+            for j, name in enumerate(methods[1:]):
+                orders[name] = torch.as_tensor(np.asarray(cmp[fr, j], np.float32))
+            gen = torch.Generator().manual_seed(cfg.seed + part)
+            orders[RANDOM_ORDER] = torch.rand(maps[pick, 0].shape, generator=gen)
+            res = faithfulness(model, pixels[pick], orders, cfg.steps)
+            res["id"] = feats["id"].to_numpy()[rows][pick][res.pop("index").to_numpy()]
+            faith.append(res)
     arrays = {k: np.concatenate(v) if v else np.zeros(0) for k, v in acc.items()}
     table = pd.concat(faith) if faith else pd.DataFrame(columns=list(FAITHFULNESS_COLUMNS))
     for c in FAITHFULNESS_COLUMNS:
-        arrays[f"faith_{c}"] = table[c].to_numpy(np.float64)
+        kind = str if c == "method" else np.float64
+        arrays[f"faith_{c}"] = table[c].to_numpy().astype(kind)
 
     def _write(tmp: Path) -> None:
         with open(tmp, "wb") as fh:  # a file object: np.savez would append ".npz"
@@ -277,9 +285,9 @@ def pattern_impact(paths: list[bytes], cells: list[list[tuple[int, int]]], model
     if pixels is None:
         return {"drop": np.zeros(0), "random_drop": np.zeros(0)}
     pixels = pixels.to(device)
-    from .relevance import _grid
+    from .explain.adapter import grid
 
-    gh, gw = _grid(model)
+    gh, gw = grid(model)
     rng = np.random.default_rng(seed)
     pat = torch.zeros(len(ok), gh, gw, dtype=torch.bool)
     for i, j in enumerate(ok):
@@ -296,6 +304,11 @@ def pattern_impact(paths: list[bytes], cells: list[list[tuple[int, int]]], model
     drop = base - p_fake(model, masked(pixels, ref, pat.to(device)))
     rdrop = base - p_fake(model, masked(pixels, ref, rnd.to(device)))
     return {"drop": drop.cpu().numpy(), "random_drop": rdrop.cpu().numpy()}
+
+
+def significant(drop: np.ndarray, lo: float, random_hi: float) -> bool:
+    """Impact interval above 0 and above the random control's interval, on enough images."""
+    return bool(len(drop) >= MIN_SIGNIFICANT and lo > 0 and lo > random_hi)
 
 
 def summarize(mem: pd.DataFrame, dims: np.ndarray, images: pd.DataFrame, impacts: dict):
@@ -315,7 +328,8 @@ def summarize(mem: pd.DataFrame, dims: np.ndarray, images: pd.DataFrame, impacts
                          else np.nan, impact_lo=lo, impact_hi=hi,
                          random_impact=float(np.mean(rdrop)) if len(rdrop) else np.nan,
                          random_lo=rlo, random_hi=rhi, top_dims=",".join(top),
-                         mean_gy=g["gy"].mean(), mean_gx=g["gx"].mean()))  # fmt: skip
+                         mean_gy=g["gy"].mean(), mean_gx=g["gx"].mean(),
+                         significant=significant(drop, lo, rhi)))  # fmt: skip
     return pd.DataFrame(rows)
 
 
@@ -347,7 +361,8 @@ def stage_patterns(cfg: RunConfig, run: RunPaths, images: pd.DataFrame, parts: l
         ids = read_table(run.part_features(i), PART_FEATURE_COLUMNS)["id"]
         futs.append(client.submit(
             patch_partition, i, paths_of.loc[ids].tolist(), str(run.root.resolve()),
-            str(run.encoder.resolve()), sha, pcfg, cfg.device, cfg.batch_size, pure=False,
+            str(run.encoder.resolve()), sha, pcfg, cfg.device, cfg.batch_size,
+            [cfg.maps, *cfg.compare_maps], pure=False,
             key=f"asap-patches-{sha[:12]}-{i}",
         ))  # fmt: skip
     wait(futs)
@@ -376,8 +391,9 @@ def stage_patterns(cfg: RunConfig, run: RunPaths, images: pd.DataFrame, parts: l
         z = load_patches(run, i, tuple(f"faith_{c}" for c in FAITHFULNESS_COLUMNS))
         faith.append(pd.DataFrame({c: z[f"faith_{c}"] for c in FAITHFULNESS_COLUMNS}))
     faith = pd.concat(faith, ignore_index=True)
+    summary = faithfulness_summary(faith, cfg.maps)
     write_table(run.pattern_members, mem, PATTERN_MEMBER_COLUMNS)
     write_table(run.faithfulness, faith, FAITHFULNESS_COLUMNS)
     write_table(run.patterns, table, PATTERN_COLUMNS)  # last: marks the stage done
     return {"computed": len(todo), "patterns": k, "patches": len(mem),
-            "faithfulness_images": len(faith), "config": asdict(pcfg)}  # fmt: skip
+            "faithfulness": summary, "config": asdict(pcfg)}  # fmt: skip

@@ -14,12 +14,12 @@ import torch
 import torchvision.transforms.functional as TF
 
 from .encoder import ASAPEncoder
-from .relevance import _blocks, _grid, _qkv, _run_blocks
+from .explain import adapter as A
 
 
 def blurred(model: ASAPEncoder, pixels: torch.Tensor) -> torch.Tensor:
     """The masking reference: a heavily blurred copy of normalised pixels (B, 3, S, S)."""
-    gh, _ = _grid(model)
+    gh, _ = A.grid(model)
     patch = pixels.shape[-1] / gh
     sigma = max(patch / 2, 1.0)
     k = int(2 * round(3 * sigma) + 1)
@@ -47,13 +47,12 @@ def p_fake(model: ASAPEncoder, pixels: torch.Tensor) -> torch.Tensor:
 def tokens_and_attention(model: ASAPEncoder, pixels: torch.Tensor):
     """Last-block patch tokens (B, gh*gw, D) and plain attention (B, gh, gw): the last block's
     CLS-to-patch attention averaged over heads, with no gradients (the baseline map)."""
-    blocks = _blocks(model)
-    x = _run_blocks(model, model.visual._embeds(pixels), blocks[:-1])  # (B, T, D)
-    q, k, _ = _qkv(blocks[-1], x)  # (B, H, T, hd)
-    scores = (q[:, :, :1] * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)  # (B, H, 1, T)
-    attn = torch.softmax(scores, dim=-1).mean(dim=1)[:, 0, 1:]  # (B, T-1)
-    out = _run_blocks(model, x, blocks[-1:])  # (B, T, D)
-    gh, gw = _grid(model)
+    blocks = A.blocks(model)
+    x = A.run_blocks(model, A.embed_tokens(model, pixels), blocks[:-1])  # (B, T, D)
+    q, k, _ = A.qkv(blocks[-1], x)  # (B, H, T, hd)
+    attn = A.attention_probs(q[:, :, :1], k).mean(dim=1)[:, 0, 1:]  # (B, T-1)
+    out = A.run_blocks(model, x, blocks[-1:])  # (B, T, D)
+    gh, gw = A.grid(model)
     return out[:, 1:], attn.reshape(-1, gh, gw)
 
 
@@ -62,7 +61,7 @@ def perturbation_curves(model, pixels, order: torch.Tensor, steps: int, insertio
     """p(fake) as the patches are removed (deletion) or revealed on the blurred image (insertion)
     in ``order`` (B, n_patches; most relevant first): (B, steps + 1) for fractions 0..1."""
     B, n = order.shape
-    gh, gw = _grid(model)
+    gh, gw = A.grid(model)
     ref = blurred(model, pixels)
     rank = torch.empty_like(order)
     rank.scatter_(1, order, torch.arange(n, device=order.device).expand(B, n))

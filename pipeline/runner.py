@@ -4,6 +4,7 @@ previous, interrupted run left done."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import platform
@@ -46,7 +47,15 @@ WORKER_SETTINGS = {
 }
 INGEST_CHUNK = 256  # files per ingest task
 # Config fields a resumed run must share with the run it resumes (others may change).
-IDENTITY_FIELDS = ("source", "encoder", "train", "encoder_checkpoint", "partition_size", "maps")
+IDENTITY_FIELDS = (
+    "source",
+    "encoder",
+    "train",
+    "encoder_checkpoint",
+    "partition_size",
+    "maps",
+    "compare_maps",
+)
 
 
 def _say(cfg: RunConfig, msg: str) -> None:
@@ -126,7 +135,7 @@ def _init_meta(cfg: RunConfig, paths: RunPaths, fresh: bool) -> dict:
     if paths.run_json.exists():
         meta = read_run_json(paths.root)
         old = meta["config"]
-        new = cfg.to_dict()
+        new = json.loads(json.dumps(cfg.to_dict()))  # tuples as JSON lists, as stored
         diff = [k for k in IDENTITY_FIELDS if old.get(k) != new.get(k)]
         if diff:
             raise RunDirectoryError(
@@ -218,6 +227,7 @@ def stage_encode(cfg: RunConfig, paths: RunPaths, images: pd.DataFrame, sha: str
             sha,
             batch_size=cfg.batch_size,
             maps=cfg.maps,
+            compare=cfg.compare_maps,
             device=cfg.device,
             torch_threads=threads,
             limits=limits,
@@ -233,12 +243,19 @@ def stage_encode(cfg: RunConfig, paths: RunPaths, images: pd.DataFrame, sha: str
         from tqdm import tqdm
 
         bar = tqdm(total=len(futs), desc="partitions", unit="part", file=sys.stderr)
+    # Test hook for the kill-and-resume test: SIGKILL this process group (driver, scheduler and
+    # workers alike) once that many partitions came back, as a crash at a known point would.
+    kill_after = int(os.environ.get("ASAP_TEST_KILL_AFTER_PARTS", "0"))
     try:
-        for fut in as_completed(futs):
+        for done, fut in enumerate(as_completed(futs), 1):
             res = fut.result()
             n += res["n"]
             if bar:
                 bar.update(1)
+            if done == kill_after:
+                import signal
+
+                os.killpg(os.getpgrp(), signal.SIGKILL)
     finally:
         if bar:
             bar.close()

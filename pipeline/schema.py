@@ -1,7 +1,7 @@
 """The run-directory contract: schema version, file names, columns, dtypes, array shapes, and the
 functions that validate and open a run directory. Nothing else in ASAP spells a path or column name.
 
-Layout of a run directory (schema version 1)::
+Layout of a run directory (schema version 2)::
 
     run.json                       metadata: schema version, config, seed, model, timings, stages
     images.parquet                 every accepted image (IMAGE_COLUMNS), ordered by id
@@ -9,7 +9,11 @@ Layout of a run directory (schema version 1)::
     model/encoder.pt               encoder weights + config (pipeline.encoder.save_encoder)
     model/metrics.json             held-out metrics: accuracy, AP, ROC-AUC, ECE, per generator
     parts/features-NNNNN.parquet   per-partition features (FEATURE_COLUMNS without x, y)
-    parts/relevance-NNNNN.npy      per-partition maps, float16, shape (n, len(MAP_NAMES), gh, gw)
+    parts/relevance-NNNNN.npy      per-partition maps, float16, shape (n, len(MAP_NAMES), gh, gw):
+                                   fake and real by the run's method (config "maps"), d00..d15 by
+                                   the last-block rule
+    parts/compare-NNNNN.npy        the fake map of each comparison method (config "compare_maps"),
+                                   float16, shape (n, len(compare_maps), gh, gw)
     features.parquet               all features ordered by id, with the layout x, y
     patterns.parquet               discovered patterns, one row each (PATTERN_COLUMNS)
     pattern_members.parquet        the patches assigned to each pattern (PATTERN_MEMBER_COLUMNS)
@@ -30,12 +34,15 @@ from pathlib import Path
 
 import numpy as np
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: explanation methods, long faithfulness table, pattern significance
 
 N_DISTILLED = 16
 DISTILLED_COLUMNS = [f"d{i:02d}" for i in range(N_DISTILLED)]
 # Relevance map channels: the fake logit, its negation (authenticity), and each distilled dimension.
 MAP_NAMES = ["fake", "real", *DISTILLED_COLUMNS]
+
+# the method of the 16 dimension maps (pipeline.explain registers it; the explorer names it)
+DIMS_METHOD = "chefer_last"
 
 LABEL_REAL, LABEL_FAKE = 0, 1
 LABEL_NAMES = {LABEL_REAL: "real", LABEL_FAKE: "fake"}
@@ -99,6 +106,8 @@ PATTERN_COLUMNS = {
     "top_dims": "string",  # distilled dimensions most associated, e.g. "d03,d11,d07"
     "mean_gy": "float32",  # mean patch position, in grid cells
     "mean_gx": "float32",
+    # the impact interval excludes 0 and lies above the random control's interval
+    "significant": "bool",
 }
 PATTERN_MEMBER_COLUMNS = {
     "pattern": "int32",
@@ -109,14 +118,15 @@ PATTERN_MEMBER_COLUMNS = {
     "distance": "float32",  # distance of the patch feature to the pattern centre
     "exemplar": "int8",  # 1: among the most central, 2: among the most extreme, 0: other
 }
+# One row per (image, order): the run's method, each comparison method, and "random".
 FAITHFULNESS_COLUMNS = {
     "id": "int64",
-    "p_fake": "float32",
+    "method": "string",  # explanation method whose fake map ordered the patches, or "random"
+    "p_fake": "float32",  # before any patch is removed
     "deletion_auc": "float32",  # area under p(fake) as the most relevant patches are removed
     "insertion_auc": "float32",  # area as they are revealed on a blurred image
-    "deletion_auc_random": "float32",  # the same with a random order
-    "deletion_auc_attention": "float32",  # the same ordered by plain attention (no gradients)
 }
+RANDOM_ORDER = "random"
 
 
 class RunDirectoryError(RuntimeError):
@@ -181,6 +191,9 @@ class RunPaths:
 
     def part_relevance(self, index: int) -> Path:
         return self.parts / part_name("relevance", index, ".npy")
+
+    def part_compare(self, index: int) -> Path:
+        return self.parts / part_name("compare", index, ".npy")
 
     def part_rejects(self, index: int) -> Path:
         return self.parts / part_name("rejects", index, ".parquet")
@@ -307,15 +320,43 @@ def read_run_json(root: Path) -> dict:
     return meta
 
 
+def map_methods(meta: dict) -> list[str]:
+    """The explanation methods whose fake maps a run stored: its own method first."""
+    cfg = meta.get("config", {})
+    return [cfg.get("maps") or "unknown", *cfg.get("compare_maps", [])]
+
+
 class RelevanceStore:
     """Memory-mapped access to the per-partition relevance arrays by (part, row)."""
 
-    def __init__(self, paths: RunPaths, parts: list[int]):
+    def __init__(self, paths: RunPaths, parts: list[int], methods: list[str] | None = None):
         self._arrays = {p: np.load(paths.part_relevance(p), mmap_mode="r") for p in parts}
         shapes = {a.shape[1:] for a in self._arrays.values()}
         if len(shapes) > 1:
             raise RunDirectoryError(f"relevance parts disagree on map shape: {sorted(shapes)}")
         self.map_shape = shapes.pop() if shapes else (len(MAP_NAMES), 0, 0)
+        self.methods = list(methods or ["unknown"])  # the run's method first, then comparisons
+        self._paths, self._compare = paths, {}
+
+    def _compare_part(self, part: int) -> np.ndarray:
+        if part not in self._compare:
+            path = self._paths.part_compare(part)
+            if not path.exists():
+                raise RunDirectoryError(f"{path} is missing: re-run `asap run` to rebuild it")
+            self._compare[part] = np.load(path, mmap_mode="r")
+        return self._compare[part]
+
+    def fake_maps(self, parts, rows, method: str | None = None) -> np.ndarray:
+        """The fake maps (n, gh, gw) float32 of ``method`` (default: the run's own)."""
+        if method is None or method == self.methods[0]:
+            return self.take(parts, rows)[:, 0]
+        if method not in self.methods:
+            raise KeyError(f"this run has no {method!r} maps; it has {self.methods}")
+        j = self.methods.index(method) - 1
+        out = np.empty((len(parts), *self.map_shape[1:]), dtype=np.float32)
+        for i, (p, r) in enumerate(zip(parts, rows)):
+            out[i] = self._compare_part(int(p))[int(r), j]
+        return out
 
     def get(self, part: int, row: int) -> np.ndarray:
         """Maps of one image, shape (len(MAP_NAMES), gh, gw), float32."""
@@ -375,4 +416,5 @@ def open_run(root, lean: bool = False) -> Run:
     missing = [p for p in parts if not paths.part_relevance(p).exists()]
     if missing:
         raise RunDirectoryError(f"{root} is partial: relevance for partitions {missing} missing")
-    return Run(paths, meta, images, features, rejects, RelevanceStore(paths, parts))
+    relevance = RelevanceStore(paths, parts, map_methods(meta))
+    return Run(paths, meta, images, features, rejects, relevance)

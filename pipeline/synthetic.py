@@ -68,3 +68,142 @@ def make_planted_dataset(
             Image.fromarray(arr).save(path)
             rows.append(dict(path=str(path), label=label, top=top, left=left, side=side))
     return pd.DataFrame(rows)
+
+
+# --- the planted suite of benchmarks/faithfulness.py -------------------------------------------
+# Artifact families of different shape, size, amplitude, periodic or not, grey or colour, each
+# drawn at a random place; every function adds the artifact to a float image and returns the
+# boolean mask of the pixels it changed (what the pointing game measures against).
+SUITE_FAMILIES = ("grating", "ring", "checker", "speckle", "line")
+SUITE_BASES = ("texture", "photo")
+
+
+def _region(rng, size: int, side: int) -> tuple[int, int]:
+    return tuple(int(v) for v in rng.integers(0, size - side + 1, size=2))
+
+
+def _grating(rng, arr: np.ndarray) -> np.ndarray:
+    """A faint (+-6 grey levels) diagonal sinusoid of period 3 px over 16 x 16: periodic, grey."""
+    side = 16
+    top, left = _region(rng, arr.shape[0], side)
+    yy, xx = np.mgrid[0:side, 0:side]
+    arr[top : top + side, left : left + side] += 6.0 * np.sin(2 * np.pi * (xx + yy) / 3)[..., None]
+    mask = np.zeros(arr.shape[:2], bool)
+    mask[top : top + side, left : left + side] = True
+    return mask
+
+
+def _ring(rng, arr: np.ndarray) -> np.ndarray:
+    """A thin colour-shifted ring, radius 5-7 px, 1.5 px wide: not periodic, colour."""
+    r = float(rng.uniform(5, 7))
+    side = int(2 * r + 4)
+    top, left = _region(rng, arr.shape[0], side)
+    yy, xx = np.mgrid[0 : arr.shape[0], 0 : arr.shape[1]]
+    cy, cx = top + side / 2, left + side / 2
+    mask = np.abs(np.hypot(yy - cy, xx - cx) - r) < 0.75
+    arr[mask] += np.array([30.0, -10.0, -30.0])
+    return mask
+
+
+def _checker(rng, arr: np.ndarray) -> np.ndarray:
+    """A +-12 grey-level checkerboard of 2 px squares over 12 x 12: periodic, grey, medium."""
+    side = 12
+    top, left = _region(rng, arr.shape[0], side)
+    yy, xx = np.mgrid[0:side, 0:side]
+    sign = np.where((yy // 2 + xx // 2) % 2 == 0, 1.0, -1.0)
+    arr[top : top + side, left : left + side] += 12.0 * sign[..., None]
+    mask = np.zeros(arr.shape[:2], bool)
+    mask[top : top + side, left : left + side] = True
+    return mask
+
+
+def _speckle(rng, arr: np.ndarray) -> np.ndarray:
+    """Sparse colour speckle (a quarter of 10 x 10 pixels, +-20 per channel): not periodic."""
+    side = 10
+    top, left = _region(rng, arr.shape[0], side)
+    hit = rng.random((side, side)) < 0.25
+    noise = rng.choice([-20.0, 20.0], size=(side, side, 3)) * hit[..., None]
+    arr[top : top + side, left : left + side] += noise
+    mask = np.zeros(arr.shape[:2], bool)
+    mask[top : top + side, left : left + side] = hit
+    return mask
+
+
+def _line(rng, arr: np.ndarray) -> np.ndarray:
+    """A faint (+8 grey levels) 1 px seam, 20 px long, horizontal or vertical: not periodic."""
+    length = 20
+    top, left = _region(rng, arr.shape[0], length)
+    mask = np.zeros(arr.shape[:2], bool)
+    if rng.random() < 0.5:
+        mask[top, left : left + length] = True
+    else:
+        mask[top : top + length, left] = True
+    arr[mask] += 8.0
+    return mask
+
+
+PLANTERS = {"grating": _grating, "ring": _ring, "checker": _checker, "speckle": _speckle,
+            "line": _line}  # fmt: skip
+
+
+class PhotoCrops:
+    """Random 64-192 px crops of the public-domain / CC0 photographs scikit-image ships, resized."""
+
+    NAMES = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "retina")
+
+    def __init__(self):
+        import skimage.data
+
+        self.photos = [np.asarray(getattr(skimage.data, n)())[..., :3] for n in self.NAMES]
+
+    def __call__(self, rng, size: int) -> np.ndarray:
+        img = self.photos[int(rng.integers(len(self.photos)))]
+        h, w = img.shape[:2]
+        side = int(rng.integers(size, min(h, w, 3 * size) + 1))
+        top, left = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+        crop = Image.fromarray(np.ascontiguousarray(img[top : top + side, left : left + side]))
+        return np.asarray(crop.resize((size, size), Image.Resampling.BICUBIC))
+
+
+def make_suite(root: str | os.PathLike, n_real: int, n_fake: int, *, families=SUITE_FAMILIES,
+               bases=SUITE_BASES, size: int = 64, seed: int = 0):  # fmt: skip
+    """Write ``root/<base>/0_real`` (n_real per base) and ``root/<base>-<family>/1_fake``
+    (n_fake per base and family) as PNG; returns (table of path, label, generator, base, family,
+    and the artifact's bounding box, {path: artifact pixel mask})."""
+    rng = np.random.default_rng(seed)
+    makers = {"texture": texture, "photo": PhotoCrops() if "photo" in bases else None}
+    rows, masks = [], {}
+    jobs = [(b, None) for b in bases for _ in range(n_real)]
+    jobs += [(b, f) for b in bases for f in families for _ in range(n_fake)]
+    for i, (base, fam) in enumerate(jobs):
+        arr = makers[base](rng, size).astype(np.float32)
+        mask = PLANTERS[fam](rng, arr) if fam else np.zeros((size, size), bool)
+        gen = f"{base}-{fam}" if fam else base
+        folder = Path(root) / gen / ("1_fake" if fam else "0_real")
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{gen}_{i:05d}.png"
+        Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8)).save(path)
+        ys, xs = np.nonzero(mask)
+        box = (
+            (int(ys.min()), int(xs.min()), int(ys.max()) + 1, int(xs.max()) + 1)
+            if fam
+            else (-1,) * 4
+        )
+        rows.append(dict(path=str(path), label=int(fam is not None), generator=gen, base=base,
+                         family=fam or "real", top=box[0], left=box[1], bottom=box[2],
+                         right=box[3]))  # fmt: skip
+        masks[str(path)] = mask
+    return pd.DataFrame(rows), masks
+
+
+def peak_on_artifact(maps: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """Pointing game: does each map's peak patch (B, gh, gw) overlap its artifact's pixels
+    (B, S, S)? A map that is all zero points nowhere (False)."""
+    B, gh, gw = maps.shape
+    ph, pw = masks.shape[1] // gh, masks.shape[2] // gw
+    flat = maps.reshape(B, -1)
+    peak = flat.argmax(axis=1)
+    py, px = peak // gw, peak % gw
+    hit = np.array([masks[b, py[b] * ph : (py[b] + 1) * ph, px[b] * pw : (px[b] + 1) * pw].any()
+                    for b in range(B)])  # fmt: skip
+    return hit & (flat.max(axis=1) > 0)

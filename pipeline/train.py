@@ -43,6 +43,25 @@ def load_images(paths: list[bytes], size: int, threads: int = 4) -> tuple[np.nda
     return out, ok
 
 
+SHIFT = 8  # pixels: one patch of the tiny ViTs
+
+
+def augment(batch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Per image: one of the 8 flips/quarter turns and a shift by up to SHIFT whole pixels
+    (reflected at the border). Both move pixels without resampling them, so a trace of a few
+    grey levels survives intact (no blur, resize or colour jitter), while the detector must
+    find it at any offset to its patch grid instead of memorising images (issue 9: without
+    this the tiny ViT overfit the planted suite within 7 epochs)."""
+    out = np.empty_like(batch)
+    size = batch.shape[1]
+    pad = np.pad(batch, ((0, 0), (SHIFT, SHIFT), (SHIFT, SHIFT), (0, 0)), mode="reflect")
+    for i, img in enumerate(pad):
+        y, x = (int(v) for v in rng.integers(0, 2 * SHIFT + 1, 2))
+        img = np.rot90(img[y : y + size, x : x + size], int(rng.integers(4)))
+        out[i] = img[:, ::-1] if rng.random() < 0.5 else img
+    return out
+
+
 class BatchSource:
     """Uint8 image batches for a fixed set of files: from memory when they fit, else decoded."""
 
@@ -70,20 +89,59 @@ def _embed_all(model, src: BatchSource, batch_size: int, device) -> tuple[torch.
     embs, oks = [], []
     for s in range(0, len(src), batch_size):
         arr, ok = src.get(np.arange(s, min(s + batch_size, len(src))))
-        embs.append(model.visual(_pixels(model, arr, device)).cpu())
+        embs.append(model.embed(_pixels(model, arr, device)).cpu())
         oks.append(ok)
     return torch.cat(embs), np.concatenate(oks)
 
 
+LOG_T_RANGE = (-8.0, 8.0)  # a confident detector may need T far below 1, a timid one far above
+
+
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
-    """Temperature minimising the validation NLL of sigmoid(logit / T) (grid over log T)."""
+    """Temperature minimising the validation NLL of sigmoid(logit / T): a grid over log T, then
+    golden-section refinement around the best grid point. The targets are Platt's (1999):
+    (n_fake + 1) / (n_fake + 2) for fakes and 1 / (n_real + 2) for reals, so a detector that
+    separates the validation split perfectly gets a finite temperature instead of T -> 0 and
+    p(fake) of exactly 0 or 1. The range is wide enough that a confident detector is not pinned
+    to its floor (issue 9: exp(-3) was)."""
     if len(logits) == 0 or labels.min() == labels.max():
         return 1.0
-    z = torch.as_tensor(logits, dtype=torch.float64)
-    y = torch.as_tensor(labels, dtype=torch.float64)
-    temps = torch.exp(torch.linspace(-3, 4, 281, dtype=torch.float64))
-    nll = torch.stack([F.binary_cross_entropy_with_logits(z / t, y) for t in temps])
-    return float(temps[int(torch.argmin(nll))])
+    z = torch.tensor(logits, dtype=torch.float64)
+    lab = np.asarray(labels)
+    n_fake, n_real = int((lab == 1).sum()), int((lab == 0).sum())
+    y = torch.tensor(
+        np.where(lab == 1, (n_fake + 1) / (n_fake + 2), 1 / (n_real + 2)), dtype=torch.float64
+    )
+
+    def nll(log_t: float) -> float:
+        return float(F.binary_cross_entropy_with_logits(z / math.exp(log_t), y))
+
+    grid = np.linspace(*LOG_T_RANGE, 161)
+    i = int(np.argmin([nll(v) for v in grid]))
+    lo, hi = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
+    g = (math.sqrt(5) - 1) / 2
+    for _ in range(40):
+        a, b = hi - g * (hi - lo), lo + g * (hi - lo)
+        lo, hi = (lo, b) if nll(a) < nll(b) else (a, hi)
+    return float(math.exp((lo + hi) / 2))
+
+
+class EarlyStopping:
+    """Keeps the best validation loss's epoch; says stop after ``patience`` epochs without a
+    relative improvement of at least ``min_delta``."""
+
+    def __init__(self, patience: int, min_delta: float = 1e-3):
+        self.patience, self.min_delta = patience, min_delta
+        self.best, self.best_epoch, self.bad = float("inf"), -1, 0
+
+    def step(self, epoch: int, loss: float) -> tuple[bool, bool]:
+        """(improved, stop) after an epoch with validation ``loss``."""
+        improved = loss < self.best * (1 - self.min_delta) or self.best_epoch < 0
+        if improved:
+            self.best, self.best_epoch, self.bad = loss, epoch, 0
+        else:
+            self.bad += 1
+        return improved, self.bad >= self.patience
 
 
 def train_encoder(
@@ -120,26 +178,22 @@ def train_encoder(
         params = [p for p in model.parameters() if p.requires_grad]
         lr = cfg.lr
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
-    total = max(1, cfg.epochs * steps_per_epoch)
-    warmup = min(total // 10, 200)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt,
-        lambda s: (
-            (s + 1) / (warmup + 1)
-            if s < warmup
-            else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, total - warmup)))
-        ),
+    # linear warm-up over the first epoch(s), then the rate is halved whenever the validation
+    # loss stalls for half the patience (with early stopping, no fixed-length schedule)
+    warmup = min(math.ceil(len(train) / cfg.batch_size), 200)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / (warmup + 1)))
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        opt, factor=0.5, patience=max(1, cfg.patience // 2 - 1), threshold=1e-3
     )
+    stopper = EarlyStopping(cfg.patience)
 
     def forward_logits(idx, src, emb_cache, train_mode):
         if frozen:
             emb = emb_cache[idx].to(device)
             return model.heads(emb)[1], None
         arr, ok = src.get(idx)
-        if train_mode:  # horizontal flips only: forensic traces must not be blurred away
-            flip = rng.random(len(arr)) < 0.5
-            arr = np.where(flip[:, None, None, None], arr[:, :, ::-1], arr)
+        if train_mode:
+            arr = augment(arr, rng)
         return model(_pixels(model, arr, device))[2], ok
 
     def val_logits():
@@ -151,7 +205,7 @@ def train_encoder(
                 out.append(forward_logits(idx, va_src, e_va if frozen else None, False)[0].cpu())
         return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
 
-    history, best = [], (float("inf"), None, -1)
+    history, best_state = [], None
     for epoch in range(cfg.epochs):
         model.train()
         if frozen:
@@ -179,16 +233,24 @@ def train_encoder(
                 torch.as_tensor(z[ok_v]), torch.as_tensor(y_va[ok_v], dtype=torch.float32)))
             if len(z) else float(np.mean(losses))
         )  # fmt: skip
-        history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "val_loss": v_loss})
+        history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "val_loss": v_loss,
+                        "lr": opt.param_groups[0]["lr"]})  # fmt: skip
         log.info("epoch %d train_loss %.4f val_loss %.4f", epoch, history[-1]["train_loss"], v_loss)
-        if v_loss < best[0]:
-            best = (v_loss, copy.deepcopy(model.state_dict()), epoch)
-    model.load_state_dict(best[1])
+        improved, stop = stopper.step(epoch, v_loss)
+        if improved:
+            best_state = copy.deepcopy(model.state_dict())
+        if stop:
+            log.info("early stop: no improvement for %d epochs", cfg.patience)
+            break
+        plateau.step(v_loss)
+    model.load_state_dict(best_state)
     z = val_logits()
     model.temperature.fill_(fit_temperature(z, y_va))
     model.eval()
     return {
-        "best_epoch": best[2],
+        "best_epoch": stopper.best_epoch,
+        "epochs_run": len(history),
+        "stopped_early": len(history) < cfg.epochs,
         "history": history,
         "temperature": float(model.temperature),
         "n_train": len(train),

@@ -13,8 +13,8 @@ import pandas as pd
 import torch
 
 from .encoder import ASAPEncoder, load_encoder
+from .explain import explain
 from .imageio import ImageRejected, load_for_model, normalize
-from .relevance import explain
 from .schema import (
     DISTILLED_COLUMNS,
     PART_FEATURE_COLUMNS,
@@ -71,14 +71,16 @@ def encode_rows(
     maps: str,
     device: str,
     limits: dict | None = None,
+    compare: tuple[str, ...] = (),
 ):
-    """Encode + explain ``paths``: (index of each kept path, outputs dict, [(index, reason)])."""
+    """Encode + explain ``paths`` with method ``maps`` (and the fake maps of the ``compare``
+    methods): (index of each kept path, outputs dict, [(index, reason)])."""
     limits = limits or {}
     size, mean, std = model.image_size, model.preprocess["mean"], model.preprocess["std"]
     n = len(paths)
     batches = [list(range(s, min(s + batch_size, n))) for s in range(0, n, batch_size)]
     kept, fails = [], []
-    out = {"distilled": [], "logit": [], "maps": []}
+    out = {"distilled": [], "logit": [], "maps": [], "compare": []}
     with ThreadPoolExecutor(1) as pool:  # decode the next batch while the model runs
         if batches:
             pending = pool.submit(_load_batch, [paths[i] for i in batches[0]], size, limits)
@@ -93,8 +95,12 @@ def encode_rows(
             if not good:
                 continue
             pixels = normalize(np.stack(arrs), mean, std).to(device)
-            ex = explain(model, pixels, maps)
+            ex = explain(model, pixels, maps, compare)
             kept += good
+            cmp = [ex.compare[m] for m in compare]
+            gh, gw = ex.maps.shape[-2:]
+            cmp = torch.stack(cmp, 1) if cmp else ex.maps.new_zeros((len(good), 0, gh, gw))
+            out["compare"].append(cmp.float().cpu().numpy())
             out["distilled"].append(ex.distilled.float().cpu().numpy())
             out["logit"].append(ex.logit.float().cpu().numpy())
             out["maps"].append(ex.maps.float().cpu().numpy())
@@ -122,6 +128,7 @@ def encode_partition(
     device: str | None,
     torch_threads: int | None,
     limits: dict,
+    compare: tuple[str, ...] = (),
 ) -> dict:
     """Compute and write one partition; a partition whose features file exists is skipped."""
     run = RunPaths(Path(run_root))
@@ -133,7 +140,13 @@ def encode_partition(
     device = pick_device(device)
     model = cached_model(model_path, model_sha, device)
     kept, out, fails = encode_rows(
-        model, paths, batch_size=batch_size, maps=maps, device=device, limits=limits
+        model,
+        paths,
+        batch_size=batch_size,
+        maps=maps,
+        device=device,
+        limits=limits,
+        compare=compare,
     )
     kept = np.asarray(kept, dtype=np.int64)
     feats = pd.DataFrame({"id": ids[kept]})
@@ -145,8 +158,10 @@ def encode_partition(
     feats["part"] = part
     feats["row"] = np.arange(len(kept), dtype=np.int32)
     rel = out["maps"].astype(np.float16) if len(kept) else np.zeros((0,), np.float16)
+    cmp = out["compare"].astype(np.float16) if len(kept) else np.zeros((0,), np.float16)
     # Order matters for resume: maps and rejects first, the features file last (it marks "done").
     atomic_write(run.part_relevance(part), lambda tmp: save_npy(tmp, rel))
+    atomic_write(run.part_compare(part), lambda tmp: save_npy(tmp, cmp))
     if fails:
         from .ingest import display_path
 

@@ -17,6 +17,9 @@ from pipeline.config import EncoderConfig
 from pipeline.synthetic import make_planted_dataset
 
 TINY = "asap-micro-vit-64"
+# A micro ViT trained on planted checkerboards (gen_a) and stripes (gen_b); made by
+# tests/fixtures/make_golden.py. Tests that need a trained model use it (any CPU, no training).
+GOLDEN = Path(__file__).parent / "fixtures" / "golden-micro.pt"
 
 
 def png_bytes(arr: np.ndarray, **kw) -> bytes:
@@ -142,11 +145,12 @@ def dask_scheduler():
 
 @pytest.fixture(scope="session")
 def patterned_run(tmp_path_factory, dask_scheduler):
-    """A trained run with patterns: two generator families, each planting its own artifact
-    (gen_a: checkerboard, gen_b: stripes) at random places. Returns (run dir, truth table)."""
+    """A run with patterns by the golden model on images it never saw: two generator families,
+    each planting its own artifact (gen_a: checkerboard, gen_b: stripes) at random places.
+    Returns (run dir, truth table)."""
     import pandas as pd
 
-    from pipeline.config import RunConfig, TrainConfig
+    from pipeline.config import RunConfig
     from pipeline.runner import run_pipeline
 
     root = tmp_path_factory.mktemp("patterned")
@@ -157,6 +161,6 @@ def patterned_run(tmp_path_factory, dask_scheduler):
     ])  # fmt: skip
     out = root / "run"
     run_pipeline(RunConfig(source=str(root / "imgs"), out=str(out), layout="pca",
-                           train=TrainConfig(epochs=15), scheduler=dask_scheduler,
+                           encoder_checkpoint=str(GOLDEN), scheduler=dask_scheduler,
                            partition_size=256, progress=False))  # fmt: skip
     return out, truth

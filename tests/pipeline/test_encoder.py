@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import time
+import socket
 
 import pytest
 import torch
@@ -60,13 +60,38 @@ def test_local_checkpoint_is_loaded_and_frozen(tmp_path):
 
 
 def test_uncached_pretrained_tag_fails_fast_offline(tmp_path, monkeypatch):
-    monkeypatch.setenv(HUB_PROBE_ENV, "127.0.0.1:9")  # closed port: the hub is unreachable
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # empty cache
+    """Offline, an uncached tag fails at once with advice: one probe, no download attempt (open_clip
+    and huggingface_hub would otherwise retry for most of a minute)."""
+    import huggingface_hub
+    import open_clip.pretrained
+
+    def no_download(*args, **kwargs):
+        pytest.fail("a download was attempted although the hub probe failed")
+
+    for mod, name in [
+        (open_clip.pretrained, "download_pretrained"),
+        (open_clip.pretrained, "download_pretrained_from_hf"),
+        (open_clip.pretrained, "download_pretrained_from_url"),
+        (open_clip.pretrained, "hf_hub_download"),
+        (huggingface_hub, "hf_hub_download"),
+        (huggingface_hub, "snapshot_download"),
+        (huggingface_hub.file_download, "hf_hub_download"),
+    ]:
+        monkeypatch.setattr(mod, name, no_download)
+    probes = []
+
+    def unreachable(address, *args, **kwargs):  # the hub probe, without touching the network
+        probes.append(address)
+        raise ConnectionRefusedError(f"{address} unreachable (test)")
+
+    monkeypatch.setattr(socket, "create_connection", unreachable)
+    monkeypatch.setenv(HUB_PROBE_ENV, "hub.invalid:9")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # empty caches
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    t0 = time.perf_counter()
+    cfg = EncoderConfig(model_name="ViT-B-32", pretrained="openai")
     with pytest.raises(PretrainedUnavailable, match="--pretrained /path/to"):
-        create_encoder(EncoderConfig(model_name="ViT-B-32", pretrained="openai"))
-    assert time.perf_counter() - t0 < 15, "offline failure must not wait on hub retries"
+        create_encoder(cfg, cache_dir=str(tmp_path / "cache" / "clip"))
+    assert probes.count(("hub.invalid", 9)) == 1, f"expected one hub probe, got {probes}"
 
 
 def test_bad_names_give_clear_errors():

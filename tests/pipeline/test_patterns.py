@@ -69,22 +69,40 @@ def test_discovery_finds_each_planted_artifact(patterned_run):
         assert row["impact_lo"] > row["random_hi"], (gen, row)
     assert found["gen_a"] != found["gen_b"]
     assert (pats["random_impact"] < 0.05).all(), "masking itself moves p(fake)"
+    assert pats.set_index("pattern").loc[list(found.values()), "significant"].all()
+    # significance is exactly: interval above 0 and above the random control, on >= 5 images
+    want = (pats["impact_lo"] > 0) & (pats["impact_lo"] > pats["random_hi"])
+    assert (pats["significant"] == (want & (pats["n_images"] >= 5))).all()
     assert set(pats.columns) >= {"top_dims", "mean_gy", "mean_gx", "n_images"}
     assert (mem.groupby("pattern")["exemplar"].apply(lambda s: (s == 1).sum()) > 0).all()
 
 
-def test_faithfulness_beats_random_order(patterned_run):
+def test_faithfulness_beats_random_order_and_attention(patterned_run):
     out, _ = patterned_run
+    run = open_run(out)
+    method = run.meta["config"]["maps"]
     faith = pd.read_parquet(out / "faithfulness.parquet")
-    assert len(faith) >= 30 and (faith["p_fake"] >= 0.5).all()
-    assert faith["deletion_auc"].mean() < faith["deletion_auc_random"].mean()
-    assert faith["insertion_auc"].mean() > faith["deletion_auc"].mean()
-    for c in ("deletion_auc", "insertion_auc", "deletion_auc_attention"):
+    assert set(faith["method"]) == {method, "chefer_last", "attention", "random"}
+    per_image = faith.groupby("id")["method"].apply(sorted)
+    assert len(per_image) >= 30 and per_image.map(len).eq(4).all(), "one row per image and order"
+    assert (faith["p_fake"] >= 0.5).all()
+    for c in ("deletion_auc", "insertion_auc"):
         assert faith[c].between(0, 1).all()
+    wide = faith.pivot(index="id", columns="method", values="deletion_auc")
+    for other in ("random", "attention"):  # paired, by more than 3 standard errors
+        d = wide[method] - wide[other]
+        assert d.mean() < -3 * d.std(ddof=1) / np.sqrt(len(d)), (other, d.describe())
+    own = faith[faith["method"] == method]
+    assert own["insertion_auc"].mean() > own["deletion_auc"].mean()
     from pipeline.cli import _info  # `asap info` reports both tables
 
     info = _info(str(out))
-    assert info["faithfulness"]["images"] == len(faith)
+    summary = info["faithfulness"][method]
+    assert summary["images"] == len(wide)
+    assert summary["vs_random"]["hi"] < 0 and summary["vs_attention"]["hi"] < 0
+    assert list(info["faithfulness"])[0] == method
+    assert info["maps"] == {"fake_real": method, "dimensions": "chefer_last",
+                            "compare": ["chefer_last", "attention"]}  # fmt: skip
     impacts = [p["impact"] for p in info["patterns"]]
     assert len(impacts) == len(pd.read_parquet(out / "patterns.parquet"))
     assert impacts == sorted(impacts, reverse=True)

@@ -1,0 +1,121 @@
+"""The one place that touches open_clip's ViT internals: token embedding, the blocks, explicit
+attention recomputed with each block's own weights, pooling, and the targets read off the heads.
+
+open_clip's blocks call ``nn.MultiheadAttention(need_weights=False)``, so attention probabilities
+are recomputed here (``block_forward``; tests check it equals open_clip's output). ``check_tower``
+refuses block options this recomputation does not reproduce, so an open_clip upgrade fails loudly
+instead of producing maps of a different model."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SUPPORTED_OPEN_CLIP = ("3.",)  # versions whose ViT internals this adapter was checked against
+
+
+def check_tower(visual: nn.Module) -> None:
+    """Raise ValueError when the tower's blocks use options that ``block_forward`` ignores."""
+    import open_clip
+
+    if not open_clip.__version__.startswith(SUPPORTED_OPEN_CLIP):
+        raise ValueError(
+            f"open_clip {open_clip.__version__} is not supported by ASAP's attention adapter "
+            f"(checked: {SUPPORTED_OPEN_CLIP}); install open_clip_torch==3.3.0"
+        )
+    for i, blk in enumerate(visual.transformer.resblocks):
+        attn = getattr(blk, "attn", None)
+        problems = []
+        if not isinstance(attn, nn.MultiheadAttention) or not attn._qkv_same_embed_dim:
+            problems.append("attention is not a packed nn.MultiheadAttention")
+        if not isinstance(getattr(blk, "ln_attn", nn.Identity()), nn.Identity):
+            problems.append("scale_attn (ln_attn) is on")
+        if any(not hasattr(blk, n) for n in ("ln_1", "ln_2", "ls_1", "ls_2", "mlp")):
+            problems.append("unexpected block layout")
+        if problems:
+            raise ValueError(f"ViT block {i}: {'; '.join(problems)}; ASAP cannot explain it")
+
+
+def blocks(model) -> list[nn.Module]:
+    return list(model.visual.transformer.resblocks)
+
+
+def grid(model) -> tuple[int, int]:
+    g = model.visual.grid_size
+    return (g, g) if isinstance(g, int) else tuple(g)
+
+
+def embed_tokens(model, pixels: torch.Tensor) -> torch.Tensor:
+    """Pixels (B, 3, S, S) -> the first block's input tokens (B, T, D), CLS first (after the
+    encoder's stem: what the tower sees)."""
+    return model.visual._embeds(model.stem(pixels))
+
+
+def qkv(block, x: torch.Tensor):
+    """Heads' queries, keys, values of a pre-norm block: each (B, H, T, hd)."""
+    attn = block.attn
+    B, T, D = x.shape
+    H = attn.num_heads
+    qkv_ = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias)  # (B, T, 3D)
+    q, k, v = qkv_.view(B, T, 3, H, D // H).permute(2, 0, 3, 1, 4)  # each (B, H, T, hd)
+    return q, k, v
+
+
+def attention_probs(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Softmax attention (B, H, t, T) of queries q (B, H, t, hd) over keys k (B, H, T, hd)."""
+    return torch.softmax((q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1), dim=-1)
+
+
+def finish_block(block, x: torch.Tensor, probs: torch.Tensor, v: torch.Tensor, rows: slice):
+    """The rest of the block for token ``rows`` given attention ``probs`` (B, H, t, T)."""
+    B, H, t, _ = probs.shape
+    o = (probs @ v).transpose(1, 2).reshape(B, t, -1)  # (B, t, D)
+    x = x[:, rows] + block.ls_1(block.attn.out_proj(o))
+    return x + block.ls_2(block.mlp(block.ln_2(x)))
+
+
+def block_forward(block, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """An open_clip block with explicit attention: (B,T,D) -> (B,T,D), probs (B,H,T,T)."""
+    q, k, v = qkv(block, x)
+    probs = attention_probs(q, k)  # (B, H, T, T)
+    return finish_block(block, x, probs, v, slice(None)), probs
+
+
+def run_blocks(model, x: torch.Tensor, blks) -> torch.Tensor:
+    """open_clip's own (fused) blocks on batch-first x, whatever the tower's internal layout."""
+    batch_first = getattr(model.visual.transformer, "batch_first", True)
+    if not batch_first:
+        x = x.transpose(0, 1)
+    for blk in blks:
+        x = blk(x)
+    return x.transpose(0, 1) if not batch_first else x
+
+
+def pooled(model, cls_token: torch.Tensor) -> torch.Tensor:
+    """Final CLS token (B, D) -> CLIP embedding (B, E), as VisionTransformer._pool + proj."""
+    out = model.visual.ln_post(cls_token)  # LayerNorm acts per token
+    return out @ model.visual.proj if model.visual.proj is not None else out
+
+
+def targets(model, emb: torch.Tensor, n: int):
+    """Distilled (B, 16), logit (B,), and the first ``n`` signed targets (B, n) of
+    [logit, d00..d15]: the real map comes from the logit's gradient with its sign flipped."""
+    distilled, logit = model.heads(emb)
+    return distilled, logit, torch.cat([logit[:, None], distilled], dim=1)[:, :n]
+
+
+def grads(tgt: torch.Tensor, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+    """d tgt[:, j] / d input for every target j: each (J, *input.shape)."""
+    J = tgt.shape[1]
+    if J == 1:  # one plain backward pass
+        return [g[None] for g in torch.autograd.grad(tgt[:, 0].sum(), inputs)]
+    eye = torch.eye(J, dtype=tgt.dtype, device=tgt.device)
+    grad_out = eye[:, None, :].expand(J, tgt.shape[0], J)  # (J, B, J)
+    return list(torch.autograd.grad(tgt, inputs, grad_out, is_grads_batched=True))
+
+
+def signed(g: torch.Tensor) -> torch.Tensor:
+    """Per-target gradients (J, ...) of [logit, dims...] -> (J + 1, ...) for [fake, real, dims...]:
+    the real target is the negated logit, so its gradient is the negated logit gradient."""
+    return torch.cat([g[:1], -g[:1], g[1:]], dim=0)

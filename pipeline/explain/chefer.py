@@ -1,0 +1,63 @@
+"""Chefer et al.'s gradient-weighted attention rule (2021, "Generic attention-model
+explainability"): Abar_l = mean_heads((dy/dA_l * A_l)^+), R <- R + Abar_l @ R from R = I; the CLS
+row over the patch tokens is the map.
+
+``chefer_last``: the last block only, as in the paper's CLIP code. The pooled output reads the CLS
+token only, so only the CLS query row of the last block's attention gets gradient: that row alone
+is computed, the block's MLP runs for the CLS token alone, and all targets' gradients come from
+this small graph at about the cost of one forward pass. By the last block every token already
+carries "artifact present" (issue 9), so its maps are cheap but often not local.
+``chefer_all``: the rule over every block (one backward pass through the whole tower per target)."""
+
+from __future__ import annotations
+
+import torch
+
+from . import Explanation, register
+from . import adapter as A
+
+
+@register("chefer_last", cost="1 forward; 17 targets' gradients through the last block's CLS row",
+          passes=1.1, class_specific=True, reference="Chefer et al. 2021, last block")  # fmt: skip
+def chefer_last(model, pixels: torch.Tensor, n_maps: int) -> Explanation:
+    blks = A.blocks(model)
+    with torch.no_grad():
+        x = A.run_blocks(model, A.embed_tokens(model, pixels), blks[:-1])  # (B, T, D)
+        q, k, v = A.qkv(blks[-1], x)  # (B, H, T, hd)
+        probs = A.attention_probs(q[:, :, :1], k)  # (B, H, 1, T): the CLS query row
+    probs.requires_grad_(True)
+    with torch.enable_grad():
+        cls = A.finish_block(blks[-1], x, probs, v, slice(0, 1))[:, 0]  # (B, D)
+        emb = A.pooled(model, cls)
+        distilled, logit, tgt = A.targets(model, emb, n_maps - 1)
+        (g,) = A.grads(tgt, [probs])  # (J, B, H, 1, T)
+    p = probs.detach()
+    cam = (A.signed(g) * p).clamp(min=0).mean(dim=2)[:, :, 0, 1:]  # (n_maps, B, T-1)
+    gh, gw = A.grid(model)
+    maps = cam.permute(1, 0, 2).reshape(len(pixels), n_maps, gh, gw)
+    attn = p.mean(dim=1)[:, 0, 1:].reshape(len(pixels), gh, gw)  # plain attention, for free
+    return Explanation(emb.detach(), distilled.detach(), logit.detach(), maps, attn)
+
+
+@register("chefer_all", cost="1 forward with explicit attention + 1 backward per target",
+          passes=3.0, class_specific=True, reference="Chefer et al. 2021, all blocks")  # fmt: skip
+def chefer_all(model, pixels: torch.Tensor, n_maps: int) -> Explanation:
+    with torch.no_grad():
+        x = A.embed_tokens(model, pixels)
+    x.requires_grad_(True)  # a frozen model: the graph must start somewhere
+    probs = []
+    with torch.enable_grad():
+        for blk in A.blocks(model):
+            x, p = A.block_forward(blk, x)
+            probs.append(p)
+        emb = A.pooled(model, x[:, 0])
+        distilled, logit, tgt = A.targets(model, emb, n_maps - 1)
+        gs = A.grads(tgt, probs)  # each (J, B, H, T, T)
+    B, T = len(pixels), probs[0].shape[-1]
+    R = torch.eye(T, device=pixels.device).expand(n_maps, B, T, T).clone()
+    for g, p in zip(gs, probs):
+        abar = (A.signed(g) * p.detach()).clamp(min=0).mean(dim=2)  # (n_maps, B, T, T)
+        R = R + abar @ R
+    gh, gw = A.grid(model)
+    maps = R[:, :, 0, 1:].permute(1, 0, 2).reshape(B, n_maps, gh, gw)
+    return Explanation(emb.detach(), distilled.detach(), logit.detach(), maps)

@@ -1,0 +1,95 @@
+"""Training: early stopping keeps the best epoch and stops after `patience` epochs without
+improvement; the temperature fit recovers a known temperature, also far below the old grid's
+floor; a short training run on a frozen-order tiny set obeys both (properties, not accuracy)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from pipeline.config import TrainConfig
+from pipeline.train import LOG_T_RANGE, EarlyStopping, fit_temperature
+
+
+def test_early_stopping_keeps_the_best_and_stops_after_patience():
+    stop = EarlyStopping(patience=3)
+    losses = [1.0, 0.8, 0.7, 0.71, 0.7, 0.69995, 0.5, 0.6, 0.6, 0.6, 0.1]
+    said = [stop.step(e, v) for e, v in enumerate(losses)]
+    # 0.69995 is not a relative improvement of 1e-3 over 0.7; 0.5 is
+    assert [imp for imp, _ in said[:7]] == [True, True, True, False, False, False, True]
+    assert said[5] == (False, True), "three epochs without improvement: stop"
+    stop = EarlyStopping(patience=3)
+    for e, v in enumerate(losses[:3] + losses[6:10]):
+        improved, halt = stop.step(e, v)
+    assert stop.best_epoch == 3 and stop.best == 0.5 and halt
+
+
+@pytest.mark.parametrize("t_true", [0.02, 0.3, 1.0, 4.0])
+def test_temperature_fit_recovers_a_known_temperature(t_true):
+    rng = np.random.default_rng(0)
+    s = rng.normal(0, 3, 20000)  # calibrated logits
+    y = (rng.random(len(s)) < 1 / (1 + np.exp(-s))).astype(np.float64)
+    t = fit_temperature(s * t_true, y)  # the detector's logits are the calibrated ones times T
+    assert math.isclose(t, t_true, rel_tol=0.1), t
+    assert math.exp(LOG_T_RANGE[0]) < t < math.exp(LOG_T_RANGE[1])
+
+
+def test_temperature_fit_stays_finite_on_a_separated_split():
+    """Platt's targets: perfectly separated logits get a temperature inside the range, and the
+    most confident p(fake) does not saturate (with the plain labels the fit runs to T -> 0)."""
+    z = np.concatenate([np.linspace(5, 30, 50), -np.linspace(5, 30, 50)])
+    y = np.array([1] * 50 + [0] * 50)
+    t = fit_temperature(z, y)
+    assert math.exp(LOG_T_RANGE[0]) * 1.01 < t < math.exp(LOG_T_RANGE[1])
+    p = 1 / (1 + np.exp(-z / t))
+    assert t > 1 and p.max() < 0.9999 and p.min() > 1e-4
+    assert ((p >= 0.5) == y).all()
+
+
+def test_temperature_fit_degenerate_inputs():
+    assert fit_temperature(np.zeros(0), np.zeros(0)) == 1.0
+    assert fit_temperature(np.ones(5), np.ones(5)) == 1.0  # one class only: nothing to fit
+
+
+def test_train_config_validates():
+    for bad in ({"epochs": 0}, {"patience": 0}, {"batch_size": 0}, {"lr": 0.0}):
+        with pytest.raises(ValueError, match=">= 1|> 0"):
+            TrainConfig(**bad)
+
+
+@pytest.mark.slow
+def test_training_stops_early_and_keeps_the_best_epoch(tmp_path):
+    import torch
+
+    from pipeline import ingest
+    from pipeline.config import EncoderConfig
+    from pipeline.encoder import create_encoder
+    from pipeline.imageio import normalize
+    from pipeline.synthetic import make_planted_dataset
+    from pipeline.train import load_images, train_encoder
+    from tests.conftest import TINY
+
+    make_planted_dataset(tmp_path, 60, 60, seed=5)
+    images = ingest.finalize(ingest.inspect_candidates(ingest.discover(tmp_path), 10**8, 8)[0])
+    torch.manual_seed(0)
+    model = create_encoder(EncoderConfig(model_name=TINY))
+    info = train_encoder(model, images, TrainConfig(epochs=12, patience=2, lr=5e-3))
+    hist = [h["val_loss"] for h in info["history"]]
+    best = info["best_epoch"]
+    assert info["epochs_run"] == len(hist) <= 12
+    assert hist[best] == min(hist[: best + 1])
+    assert all(h >= hist[best] * (1 - 1e-3) for h in hist[best + 1 :])
+    if info["stopped_early"]:
+        assert len(hist) - 1 - best == 2
+    # the kept weights are the best epoch's: its validation loss is reproduced
+    val = images[(images["split"] == "val") & (images["duplicate_of"] < 0)]
+    arr, ok = load_images(val["path_bytes"].tolist(), model.image_size)
+    assert ok.all()
+    with torch.no_grad():
+        logit = model.eval()(normalize(arr, model.preprocess["mean"], model.preprocess["std"]))[2]
+    y = torch.as_tensor(val["label"].to_numpy(), dtype=torch.float32)
+    loss = float(torch.nn.functional.binary_cross_entropy_with_logits(logit, y))
+    assert math.isclose(loss, hist[best], rel_tol=1e-4), (loss, hist)
+    assert info["temperature"] > 0
