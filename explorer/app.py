@@ -14,12 +14,13 @@ from pipeline.schema import RunDirectoryError
 
 from .datastore import DataStore, filter_widgets
 from .overview import OverviewView
+from .patterns import DIMENSION_MAPS_METHOD
 from .views import DimensionView, ExportView, ImageView, PatternView
 from .whatif import WhatIfView
 
 # parameters of the DataStore mirrored in the page's URL, so that a view can be shared
 URL_STATE = ("labels", "generators", "predicted", "misclassified", "score_range", "color_by",
-             "map_name", "x_range", "y_range", "pattern")  # fmt: skip
+             "map_name", "map_method", "x_range", "y_range", "pattern")  # fmt: skip
 FILTERS = ("labels", "predicted", "generators", "misclassified", "score_range")
 
 
@@ -51,8 +52,9 @@ class App:
         self.whatif = WhatIfView(self.store)
 
     def share_url(self, *_) -> str:
-        """A link that reopens this view: filters, colouring, map, viewport and pattern. Built
-        here rather than read from the address bar, which Panel updates one event late."""
+        """A link that reopens this view: filters, colouring, map and its method, viewport and
+        pattern. Built here rather than read from the address bar, which Panel updates one event
+        late."""
         query = {}
         for k in URL_STATE:
             v = getattr(self.store, k)
@@ -84,6 +86,15 @@ class App:
             pn.widgets.RadioButtonGroup.from_param(s.param.color_by),
             pn.widgets.Checkbox.from_param(s.param.show_glyphs, name="cell glyphs"),
             pn.widgets.IntSlider.from_param(s.param.grid, name="glyph cells across"),
+            pn.pane.Markdown("### Relevance maps"),
+            pn.widgets.Select.from_param(s.param.map_method, name="fake map by", width=240),
+            pn.pane.Markdown(
+                "The fake map of the images, the what-if view and the cell glyphs, by any "
+                f"method this run stored; real: {s.run.relevance.methods[0]}, "
+                f"d00–d15: {DIMENSION_MAPS_METHOD}. Faithfulness: the Images tab.",
+                styles={"font-size": "12px"},
+                width=250,
+            ),
             pn.pane.Markdown("### Selection"),
             clear,
             self.export,

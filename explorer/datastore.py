@@ -14,9 +14,9 @@ import param
 
 from pipeline.schema import LABEL_NAMES, MAP_NAMES
 
-from .patterns import load_patterns
+from .patterns import DIMENSION_MAPS_METHOD, load_faithfulness, load_patterns
 from .render import ImageSource
-from .store import Filters, box_select, filter_mask, lasso_select, load_points
+from .store import Filters, box_select, channel_maps, filter_mask, lasso_select, load_points
 
 COLOR_BY = ["label", "p_fake", "generator", "error"]
 SORT_BY = ["p(fake) high first", "p(fake) low first", "label", "generator", "errors first"]
@@ -64,6 +64,10 @@ class DataStore(pn.viewable.Viewer):
     score_range = param.Range(default=(0.0, 1.0), bounds=(0.0, 1.0), doc="p(fake) range")
     color_by = param.Selector(default="label", objects=COLOR_BY, doc="overview colouring")
     map_name = param.Selector(default="fake", objects=MAP_NAMES, doc="relevance map shown")
+    # the other maps (real, d00..d15) are always the run's own
+    map_method = param.Selector(
+        default=None, objects=[], doc="explanation method of the fake map shown (run's own first)"
+    )
     cmap = param.Selector(default="inferno", objects=CMAPS, doc="relevance colour map")
     opacity = param.Number(default=0.6, bounds=(0.0, 1.0), step=0.05, doc="overlay opacity")
     sort_by = param.Selector(default=SORT_BY[0], objects=SORT_BY)
@@ -85,11 +89,32 @@ class DataStore(pn.viewable.Viewer):
         gens = list(self.points.generators)
         self.param.generators.objects = gens
         params.setdefault("generators", gens)
+        methods = list(self.run.relevance.methods)  # the run's own method first
+        self.param.map_method.objects = methods
+        params.setdefault("map_method", methods[0])
         super().__init__(**params)
         self.run_dir = str(run_dir)
+        # per session, keyed by the table's mtime: a reload after `asap patterns` shows it
+        self.faithfulness = load_faithfulness(self.run)
         self.mask = np.ones(len(self.points), bool)
         self._selection: np.ndarray | None = None
         self._update_mask()
+
+    # ----- relevance maps -----------------------------------------------------------------------
+    def maps(self, rows: np.ndarray, channel: int) -> np.ndarray:
+        """(n, gh, gw) maps of one channel (MAP_NAMES index) for point rows; the fake channel by
+        ``map_method``, every other channel the run's own."""
+        rows = np.asarray(rows, np.int64)
+        p = self.points
+        return channel_maps(self.run, p.part[rows], p.row[rows], channel, self.map_method)
+
+    def map_method_of(self, map_name: str) -> str:
+        """The explanation method that produced map ``map_name`` as shown."""
+        if map_name == MAP_NAMES[0]:
+            return self.map_method
+        if map_name == MAP_NAMES[1]:
+            return self.run.relevance.methods[0]
+        return DIMENSION_MAPS_METHOD
 
     @property
     def filters(self) -> Filters:

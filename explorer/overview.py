@@ -101,37 +101,39 @@ class OverviewView(pn.viewable.Viewer):
         return _rgb(img, x_range, y_range)
 
     def glyph_layer(self, x_range, y_range, width, height, scale, filter_version, show_glyphs,
-                    grid):  # fmt: skip
+                    grid, map_method=None):  # fmt: skip
         x_range, y_range = self._ranges(x_range, y_range)
         w, h = int(width or DEFAULT_SIZE[0]), int(height or DEFAULT_SIZE[1])
         if not show_glyphs:
             return hv.RGB(np.zeros((2, 2, 4), np.uint8), bounds=(x_range[0], y_range[0],
                           x_range[1], y_range[1]), vdims=list("RGBA"))  # fmt: skip
-        stats, thumbs, pats, coh = self.glyph_data(x_range, y_range, w, h, grid)
+        stats, thumbs, pats, coh = self.glyph_data(x_range, y_range, w, h, grid, map_method)
         raster = glyph_raster(stats, thumbs, pats, coh, w, h)
         (x0, x1), (y0, y1) = x_range, y_range
         return hv.RGB(raster, bounds=(x0, y0, x1, y1), vdims=list("RGBA"))
 
-    def glyph_data(self, x_range, y_range, width, height, grid):
+    def glyph_data(self, x_range, y_range, width, height, grid, map_method=None):
         """Cell statistics, representative thumbnails (with fake heat map), mean patterns and
-        their coherence for the current viewport; what the glyph layer draws."""
+        their coherence for the current viewport; what the glyph layer draws. The fake maps are
+        by ``map_method`` (None: the run's own)."""
         store = self.store
         nx = int(grid)
         ny = max(1, int(round(grid * height / max(width, 1))))
         viewport = (*x_range, *y_range)
         stats = cell_stats(store.points, viewport, nx, ny, store.mask, per_cell=16)
-        pats, coh = cell_patterns(store.run, store.points, stats, channel=0)
-        thumbs = {}
+        pats, coh = cell_patterns(store.run, store.points, stats, 0, map_method)
+        reps = []  # (cell, thumbnail, row) of each readable representative
         for c, row in enumerate(stats.representative.ravel()):
             if row < 0:
                 continue
-            img_id = int(store.points.id[row])
             try:
-                rgb = store.images.thumbnail(img_id, 96)
+                reps.append((c, store.images.thumbnail(int(store.points.id[row]), 96), row))
             except PermissionError:
                 continue
-            heat = store.run.relevance.get(store.points.part[row], store.points.row[row])[0]
-            thumbs[c] = overlay(rgb, heat, 0.5)
+        rows = np.array([row for _, _, row in reps], np.int64)
+        part, prow = store.points.part[rows], store.points.row[rows]
+        heats = store.run.relevance.fake_maps(part, prow, map_method)  # one read for all cells
+        thumbs = {c: overlay(rgb, heat, 0.5) for (c, rgb, _), heat in zip(reps, heats)}
         return stats, thumbs, pats, coh
 
     # ----- assembly -----------------------------------------------------------------------------
@@ -149,7 +151,8 @@ class OverviewView(pn.viewable.Viewer):
         glyphs = hv.DynamicMap(
             self.glyph_layer,
             streams=[streams.RangeXY(), streams.PlotSize(),
-                     streams.Params(store, ["filter_version", "show_glyphs", "grid"])],
+                     streams.Params(store, ["filter_version", "show_glyphs", "grid",
+                                            "map_method"])],
         )  # fmt: skip
         box = streams.BoundsXY(source=base)
         lasso = streams.Lasso(source=base)

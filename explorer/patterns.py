@@ -1,14 +1,28 @@
-"""The pattern tables of a run, as the explorer reads them: which patterns occur in a selection,
-how often in real vs fake images and per generator, where in the image, and their exemplars."""
+"""The pattern-stage tables of a run, as the explorer reads them: which patterns occur in a
+selection, how often in real vs fake images and per generator, where in the image, their
+exemplars, and how faithful the run's relevance maps measured (deletion/insertion areas)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from pipeline.schema import PATTERN_COLUMNS, PATTERN_MEMBER_COLUMNS, read_table
+from pipeline.metrics import faithfulness_summary
+from pipeline.schema import (
+    DIMS_METHOD,
+    FAITHFULNESS_COLUMNS,
+    PATTERN_COLUMNS,
+    PATTERN_MEMBER_COLUMNS,
+    RANDOM_ORDER,
+    read_table,
+)
+
+DIMENSION_MAPS_METHOD = DIMS_METHOD  # the explanation method of the 16 dimension maps
+ATTENTION_METHOD = "attention"  # plain attention: the baseline a gradient-based map must beat
 
 
 @dataclass
@@ -62,3 +76,71 @@ def exemplars(tables: PatternTables, pattern: int, kind: int, k: int = 6) -> pd.
         (tables.members["pattern"] == pattern) & (tables.members["exemplar"] == kind)
     ]
     return mem.sort_values("distance", ascending=(kind == 1)).head(k)
+
+
+@dataclass(frozen=True)
+class Difference:
+    """Paired difference of deletion areas over images (this method minus the other); negative:
+    the map finds the evidence sooner."""
+
+    mean: float
+    se: float  # standard error over images
+    lo: float  # 95% bootstrap interval
+    hi: float
+
+
+@dataclass(frozen=True)
+class MethodFaithfulness:
+    """One patch order's deletion/insertion areas (pipeline.metrics.faithfulness_summary)."""
+
+    method: str  # explanation method, or RANDOM_ORDER
+    images: int  # images measured
+    deletion: float  # mean area under p(fake) as the top patches are removed; lower = faithful
+    insertion: float  # mean area as they are revealed on a blurred image; higher = faithful
+    vs_random: Difference | None  # None when not measurable (same order, < 2 paired images)
+    vs_attention: Difference | None
+
+
+@dataclass(frozen=True)
+class Faithfulness:
+    """How faithful each stored fake map measured on this run, the run's method first."""
+
+    run_method: str
+    methods: dict[str, MethodFaithfulness]  # includes RANDOM_ORDER when measured
+
+    def of(self, method: str) -> MethodFaithfulness | None:
+        return self.methods.get(method)
+
+    @property
+    def random(self) -> MethodFaithfulness | None:
+        return self.methods.get(RANDOM_ORDER)
+
+    @property
+    def attention(self) -> MethodFaithfulness | None:
+        return self.methods.get(ATTENTION_METHOD)
+
+
+def load_faithfulness(run) -> Faithfulness | None:
+    """The run's measured faithfulness, or None when the pattern stage has not written it. Cached
+    by the table's path and modification time, so a page reloaded after `asap patterns` sees it."""
+    path = run.paths.faithfulness
+    try:
+        mtime = path.stat().st_mtime_ns
+    except FileNotFoundError:
+        return None
+    return _faithfulness(str(path), mtime, run.relevance.methods[0])
+
+
+@lru_cache(maxsize=8)
+def _faithfulness(path: str, mtime_ns: int, run_method: str) -> Faithfulness:
+    summary = faithfulness_summary(read_table(Path(path), FAITHFULNESS_COLUMNS), run_method)
+    return Faithfulness(run_method, {m: _method(m, v) for m, v in summary.items()})
+
+
+def _method(name: str, v: dict) -> MethodFaithfulness:
+    """One entry of faithfulness_summary's dict as a MethodFaithfulness."""
+    vs = {
+        k: None if v[k] is None else Difference(v[k]["mean"], v[k]["se"], v[k]["lo"], v[k]["hi"])
+        for k in ("vs_random", "vs_attention")
+    }
+    return MethodFaithfulness(name, v["images"], v["deletion"], v["insertion"], **vs)

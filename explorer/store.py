@@ -217,19 +217,31 @@ def cell_stats(
     )
 
 
-def mean_maps(run, pts: Points, rows: np.ndarray, channel: int = 0) -> np.ndarray:
-    """Mean relevance map (gh, gw) of ``rows`` for one map channel (0: fake); zeros if empty."""
+def channel_maps(run, parts, rows, channel: int = 0, method: str | None = None) -> np.ndarray:
+    """Maps (n, gh, gw) of one channel (MAP_NAMES index) for (part, row) pairs. The fake channel
+    (0) comes from explanation ``method`` (one of ``run.relevance.methods``; None: the run's
+    own); every other channel is the run's own."""
+    if channel == 0:
+        return run.relevance.fake_maps(parts, rows, method)
+    return run.relevance.take(parts, rows)[:, channel]
+
+
+def mean_maps(
+    run, pts: Points, rows: np.ndarray, channel: int = 0, method: str | None = None
+) -> np.ndarray:
+    """Mean relevance map (gh, gw) of ``rows`` for one map channel (0: fake, by ``method``);
+    zeros if empty."""
     gh, gw = run.relevance.map_shape[1:]
     if len(rows) == 0:
         return np.zeros((gh, gw), np.float32)
-    maps = run.relevance.take(pts.part[rows], pts.row[rows])[:, channel]
-    return maps.mean(axis=0)
+    return channel_maps(run, pts.part[rows], pts.row[rows], channel, method).mean(axis=0)
 
 
-def cell_patterns(run, pts: Points, stats: CellStats, channel: int = 0):
+def cell_patterns(run, pts: Points, stats: CellStats, channel: int = 0, method: str | None = None):
     """Each cell's mean relevance map over its sampled members, (n_cells, gh, gw), and its
     coherence: the mean cosine similarity of the members' maps to that mean (1 = all members
-    share one pattern, ~0 = unrelated maps; NaN for empty cells)."""
+    share one pattern, ~0 = unrelated maps; NaN for empty cells). The fake channel (0) comes
+    from explanation ``method`` (None: the run's own)."""
     gh, gw = run.relevance.map_shape[1:]
     n = len(stats.members)
     means = np.zeros((n, gh, gw), np.float32)
@@ -238,7 +250,8 @@ def cell_patterns(run, pts: Points, stats: CellStats, channel: int = 0):
     if sizes.sum() == 0:
         return means, coherence
     rows = np.concatenate(stats.members)
-    maps = run.relevance.take(pts.part[rows], pts.row[rows])[:, channel].reshape(len(rows), -1)
+    maps = channel_maps(run, pts.part[rows], pts.row[rows], channel, method)
+    maps = maps.reshape(len(rows), -1)  # (n, gh * gw)
     owner = np.repeat(np.arange(n), sizes)
     sums = np.zeros((n, gh * gw), np.float64)
     np.add.at(sums, owner, maps)

@@ -17,6 +17,7 @@ from pipeline.schema import DISTILLED_COLUMNS, LABEL_NAMES, MAP_NAMES
 
 from . import patterns as pat
 from .datastore import DataStore
+from .patterns import ATTENTION_METHOD, DIMENSION_MAPS_METHOD, Difference, MethodFaithfulness
 from .render import ImageAccessError, heat_rgba, overlay, to_png
 from .store import export_manifest
 
@@ -29,7 +30,7 @@ def image_card(store: DataStore, row: int, channel: int, size: int = 128) -> pn.
     img_id = int(p.id[row])
     try:
         rgb = store.images.thumbnail(img_id, size)
-        heat = store.run.relevance.get(p.part[row], p.row[row])[channel]
+        heat = store.maps([row], channel)[0]
         png = to_png(overlay(rgb, heat, store.opacity, store.cmap))
         body = pn.pane.PNG(png, width=size, height=size, margin=0)
     except ImageAccessError as e:
@@ -42,6 +43,62 @@ def image_card(store: DataStore, row: int, channel: int, size: int = 128) -> pn.
                      width=size + 10, css_classes=["asap-card"])  # fmt: skip
 
 
+def _num(v: float, sign: str = "") -> str:
+    return f"{v:{sign}.2f}".replace("-", "\u2212")  # a real minus sign, as in print
+
+
+def _versus(d: Difference | None, other: MethodFaithfulness | None, what: str) -> str:
+    """'vs random 0.60 (Δ −0.19, 95% CI −0.22…−0.16: more faithful)', or why it is missing."""
+    if d is None or other is None:
+        return f"vs {what}: not measured"
+    verdict = (
+        "more faithful" if d.hi < 0 else "less faithful" if d.lo > 0 else "no clear difference"
+    )
+    return (
+        f"vs {what} {_num(other.deletion)} (Δ {_num(d.mean, '+')}, 95% CI "
+        f"{_num(d.lo)}…{_num(d.hi)}: {verdict})"
+    )
+
+
+def faithfulness_note(store: DataStore) -> str:
+    """How faithful the fake map shown measured on this run (deletion area of its patch order
+    vs random patches and vs plain attention), or the command that measures it."""
+    method, faith = store.map_method, store.faithfulness
+    if faith is None:
+        return (
+            f"**Fake map by {method}** — faithfulness not measured: this run has no faithfulness "
+            f"table (the pattern stage has not run). Compute it with `asap patterns "
+            f"{store.run_dir}`, then reload this page."
+        )
+    m = faith.of(method)
+    if m is None:
+        return f"**Fake map by {method}** — faithfulness not measured for this method."
+    if method == ATTENTION_METHOD:
+        attention = "(this is plain attention)"
+    else:
+        attention = _versus(m.vs_attention, faith.attention, "plain attention")
+    return (
+        f"**Fake map by {method}** — deletion area {_num(m.deletion)} "
+        f"{_versus(m.vs_random, faith.random, 'random')} and {attention}; lower = more "
+        f"faithful (removing the map's top patches lowers p(fake) sooner); measured on "
+        f"{m.images:,} images of the run (not only the selection)."
+    )
+
+
+def maps_note(store: DataStore) -> str:
+    """Which explanation method produced the map shown, and the run's other maps."""
+    own = store.run.relevance.methods[0]
+    shown = store.map_method_of(store.map_name)
+    if store.map_name == "fake" and shown != own:
+        whose = f"a comparison map; the run's fake/real maps are by **{own}**"
+    else:
+        whose = f"the run's fake/real maps are by **{own}**"
+    return (
+        f"Shown: **{store.map_name}** map by **{shown}** ({whose}; the dimension maps "
+        f"d00–d15 always by **{DIMENSION_MAPS_METHOD}**)."
+    )
+
+
 class ImageView(pn.viewable.Viewer):
     """The selection's images, sorted, with the chosen relevance map over each."""
 
@@ -52,8 +109,15 @@ class ImageView(pn.viewable.Viewer):
     def __init__(self, store: DataStore, **params):
         super().__init__(store=store, **params)
 
+    @param.depends("store.map_name", "store.map_method")
+    def trust(self):
+        """Which method made the map shown, and how faithful the fake map measured."""
+        text = f"{maps_note(self.store)}  \n{faithfulness_note(self.store)}"
+        return pn.pane.Markdown(text, css_classes=["asap-maps"], sizing_mode="stretch_width")
+
     @param.depends("store.selection_version", "store.filter_version", "store.map_name",
-                   "store.cmap", "store.opacity", "store.sort_by", "n_images")  # fmt: skip
+                   "store.map_method", "store.cmap", "store.opacity", "store.sort_by",
+                   "n_images")  # fmt: skip
     def cards(self):
         store = self.store
         rows = store.sorted_rows(store.selected)[: self.n_images]
@@ -64,13 +128,14 @@ class ImageView(pn.viewable.Viewer):
 
     def __panel__(self):
         s = self.store
-        controls = pn.Row(
-            pn.widgets.Select.from_param(s.param.map_name, name="map", width=90),
-            pn.widgets.Select.from_param(s.param.cmap, name="colour map", width=100),
-            pn.widgets.FloatSlider.from_param(s.param.opacity, width=140),
-            pn.widgets.Select.from_param(s.param.sort_by, name="sort", width=150),
+        controls = pn.FlexBox(
+            pn.widgets.Select.from_param(s.param.map_name, name="map", width=80),
+            pn.widgets.Select.from_param(s.param.map_method, name="fake map by", width=110),
+            pn.widgets.Select.from_param(s.param.cmap, name="colour map", width=90),
+            pn.widgets.FloatSlider.from_param(s.param.opacity, width=120),
+            pn.widgets.Select.from_param(s.param.sort_by, name="sort", width=160),
         )
-        return pn.Column(controls, self.cards, sizing_mode="stretch_width")
+        return pn.Column(controls, self.trust, self.cards, sizing_mode="stretch_width")
 
 
 class DimensionView(pn.viewable.Viewer):
@@ -135,7 +200,10 @@ class DimensionView(pn.viewable.Viewer):
         j = DISTILLED_COLUMNS.index(self.dimension)
         top = rows[np.argsort(-self.values[rows, j], kind="stable")[:8]]
         channel = MAP_NAMES.index(self.dimension)
-        text = f"Images with the highest **{self.dimension}**, with that dimension's map:"
+        text = (
+            f"Images with the highest **{self.dimension}**, with that dimension's map (by "
+            f"{DIMENSION_MAPS_METHOD}):"
+        )
         cards = [image_card(self.store, int(r), channel, 96) for r in top]
         return pn.Column(pn.pane.Markdown(text), pn.FlexBox(*cards))
 
@@ -153,6 +221,33 @@ def separation_auc(real: np.ndarray, fake: np.ndarray) -> float:
     ranks = pd.Series(both).rank().to_numpy()
     return float((ranks[len(real):].sum() - len(fake) * (len(fake) + 1) / 2)
                  / (len(real) * len(fake)))  # fmt: skip
+
+
+SIGNIFICANT, NOT_SIGNIFICANT = "yes", "not significant"
+
+
+def _grey_if_not_significant(row: pd.Series) -> list[str]:
+    style = "color: #9e9e9e; font-style: italic" if row["significant"] != SIGNIFICANT else ""
+    return [style] * len(row)
+
+
+def pattern_header(patterns: pd.DataFrame, k: int) -> str:
+    """A pattern's title, its measured impact against random patches, and whether to trust it."""
+    head = f"**Pattern {k}**: central (first 5) and extreme (last 5) patches"
+    match = patterns[patterns["pattern"] == k]
+    if match.empty:
+        return head
+    r = match.iloc[0]
+    impact = (
+        f"impact on p(fake) {_num(r.impact)} (95% CI {_num(r.impact_lo)}…{_num(r.impact_hi)}) "
+        f"vs random patches {_num(r.random_impact)} ({_num(r.random_lo)}…{_num(r.random_hi)})"
+    )
+    if bool(r.significant):
+        return f"{head}  \n{impact}"
+    return (
+        f"{head}  \n{impact}  \n⚠ **impact not significant**: its interval includes 0 or "
+        "does not beat random patches (or too few images were re-scored)"
+    )
 
 
 class PatternView(pn.viewable.Viewer):
@@ -179,10 +274,12 @@ class PatternView(pn.viewable.Viewer):
         df = pat.patterns_in(tables, ids)
         if df.empty:
             return pn.pane.Markdown("No discovered pattern occurs in the selected images.")
-        df = df[["pattern", "images", "fake", "real", "impact", "impact_lo", "impact_hi",
-                 "random_impact", "top_dims"]].round(3)  # fmt: skip
+        df = df[["pattern", "images", "fake", "real", "impact", "significant", "impact_lo",
+                 "impact_hi", "random_impact", "top_dims"]].round(3)  # fmt: skip
+        df["significant"] = np.where(df["significant"], SIGNIFICANT, NOT_SIGNIFICANT)
         tab = pn.widgets.Tabulator(df, show_index=False, disabled=True, height=220,
                                    selectable=1, sizing_mode="stretch_width")  # fmt: skip
+        tab.style.apply(_grey_if_not_significant, axis=1)
 
         def pick(event):
             if event.new:
@@ -208,7 +305,7 @@ class PatternView(pn.viewable.Viewer):
         crops = [self.patch_card(r) for kind in (1, 2)
                  for r in pat.exemplars(tables, k, kind, 5).itertuples()]  # fmt: skip
         return pn.Column(
-            pn.pane.Markdown(f"**Pattern {k}**: central (first 5) and extreme (last 5) patches"),
+            pn.pane.Markdown(pattern_header(tables.patterns, k), css_classes=["asap-pattern"]),
             pn.FlexBox(*crops),
             pn.Row(pn.pane.HoloViews(bars), pn.Column("location", pn.pane.PNG(loc_png, width=96))),
         )

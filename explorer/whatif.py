@@ -59,11 +59,11 @@ class WhatIfView(pn.viewable.Viewer):
         return int(rows[0]) if len(rows) else None
 
     def mask_top(self, k: int = 3):
+        """Mask the k most relevant patches of the fake map shown (its method: map_method)."""
         row = self.current_row()
         if row is None:
             return
-        p = self.store.points
-        fake = self.store.run.relevance.get(p.part[row], p.row[row])[0]
+        fake = self.store.maps([row], 0)[0]
         top = np.argsort(-fake.ravel())[:k]
         self.cells = [(int(i // fake.shape[1]), int(i % fake.shape[1])) for i in top]
 
@@ -80,9 +80,10 @@ class WhatIfView(pn.viewable.Viewer):
         self.result = f"p(fake) **{before:.3f}** → **{after:.3f}** with {n} patch(es) masked"
 
     @param.depends("cells", "store.selection_version", "store.filter_version", "store.opacity",
-                   "store.cmap", "store.sort_by")  # fmt: skip
+                   "store.cmap", "store.sort_by", "store.map_method")  # fmt: skip
     def image(self):
-        """The first selected image with its fake map, masked patches greyed out and outlined."""
+        """The first selected image with its fake map (by the store's map_method), masked
+        patches greyed out."""
         row = self.current_row()
         if row is None:
             return pn.pane.Markdown("Select an image (tap the overview) to try masking it.")
@@ -91,14 +92,17 @@ class WhatIfView(pn.viewable.Viewer):
             rgb = self.store.images.thumbnail(int(p.id[row]), 256).copy()
         except ImageAccessError as e:
             return pn.pane.Alert(str(e), alert_type="warning")
-        heat = self.store.run.relevance.get(p.part[row], p.row[row])[0]
+        heat = self.store.maps([row], 0)[0]
         rgb = overlay(rgb, heat, self.store.opacity, self.store.cmap)
         gh, gw = heat.shape
         for y, x in self.cells:  # grey out masked patches
             ys = slice(y * 256 // gh, (y + 1) * 256 // gh)
             xs = slice(x * 256 // gw, (x + 1) * 256 // gw)
             rgb[ys, xs] = (rgb[ys, xs] * 0.3 + 160).astype(np.uint8)
-        caption = f"image #{p.id[row]} · p(fake) {p.p_fake[row]:.3f}"
+        caption = (
+            f"image #{p.id[row]} · p(fake) {p.p_fake[row]:.3f} · fake map by "
+            f"{self.store.map_method}"
+        )
         return pn.Column(pn.pane.PNG(to_png(rgb), width=256, height=256), caption)
 
     def __panel__(self):
@@ -112,7 +116,8 @@ class WhatIfView(pn.viewable.Viewer):
         return pn.Column(
             pn.pane.Markdown(
                 "Choose patches of the first image of the selection to mask "
-                "(blurred fill, as the pattern impact), then re-score."
+                '(blurred fill, as the pattern impact), then re-score. "Mask top 3" takes '
+                "the fake map shown (switch its method in the Images tab or the sidebar)."
             ),  # fmt: skip
             self.image,
             pick,

@@ -1,7 +1,7 @@
 """The served explorer in a real browser: Debian's chromium driven by Playwright (never
 `playwright install`). The page loads without console errors, the overview draws, a box selection
 changes the image, pattern and dimension views, a filter changes the overview, export returns the
-selected rows, and the view state survives in the URL."""
+selected rows, the view state survives in the URL, and so does the fake map's method."""
 
 import io
 import os
@@ -201,3 +201,27 @@ def test_error_page_for_a_bad_run(browser, tmp_path):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_fake_map_method_switch_and_share_link(server, browser):
+    """Switching the fake map's method redraws the images, names the method next to them, and the
+    share link reopens the same method."""
+    p = Page(browser, server)
+    page = p.page
+    note = page.locator(".asap-maps p").first
+    note.wait_for(timeout=30_000)
+    method = page.locator("select").filter(has_text="attention").first
+    own = method.input_value()  # the run's own method
+    assert own != "attention" and f"Fake map by {own}" in note.inner_text()
+    assert "chefer_last" in note.inner_text()  # the dimension maps' method is named too
+    before = p.first_image()
+    method.select_option("attention")
+    assert settle(p, lambda: p.first_image() != before), "images kept the old method's map"
+    assert settle(p, lambda: "Fake map by attention" in note.inner_text()), note.inner_text()
+    share = page.locator(".asap-share input")
+    assert settle(p, lambda: "map_method=attention" in share.input_value()), share.input_value()
+    q = Page(browser, share.input_value())
+    restored = q.page.locator(".asap-maps p").first
+    restored.wait_for(timeout=30_000)
+    assert settle(q, lambda: "Fake map by attention" in restored.inner_text())
+    assert p.errors == [] and q.errors == []
