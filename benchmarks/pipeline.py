@@ -33,7 +33,7 @@ from PIL import Image
 
 from pipeline.config import EncoderConfig, RunConfig
 from pipeline.encoder import create_encoder, file_sha256, save_encoder
-from pipeline.relevance import embed, explain
+from pipeline.explain import DEFAULT_METHOD, explain
 from pipeline.runner import dask_client, stage_encode
 from pipeline.schema import RunPaths
 from pipeline.synthetic import texture
@@ -67,8 +67,8 @@ def timed(fn, repeats: int) -> float:
 
 def relevance_overhead(model, batch: int, device: str, repeats: int, maps: str) -> tuple:
     x = torch.randn(batch, 3, model.image_size, model.image_size, device=device)
-    t_embed = timed(lambda: embed(model, x), repeats)
-    t_maps = timed(lambda: explain(model, x, maps), repeats)
+    t_embed = timed(lambda: torch.no_grad()(model)(x), repeats)
+    t_maps = timed(lambda: explain(model, x, maps, RunConfig.compare_maps), repeats)
     return t_maps / t_embed, batch / t_embed, batch / t_maps
 
 
@@ -94,12 +94,13 @@ def pipeline_efficiency(
         def warm_up():
             m = cached_model(str(enc_path), sha, pick_device(cfg.device))
             encode_rows(m, paths[: args.batch_size], batch_size=args.batch_size, maps=args.maps,
-                        device=pick_device(cfg.device))  # fmt: skip
+                        device=pick_device(cfg.device), compare=cfg.compare_maps)  # fmt: skip
 
         client.run(warm_up)
         for rep in range(args.repeats):
             t0 = time.perf_counter()
-            encode_rows(model, paths, batch_size=args.batch_size, maps=args.maps, device=device)
+            encode_rows(model, paths, batch_size=args.batch_size, maps=args.maps, device=device,
+                        compare=cfg.compare_maps)  # fmt: skip
             bare.append(len(paths) / (time.perf_counter() - t0))
             run = RunPaths(work / f"run{rep}").create()
             shutil.copy(enc_path, run.encoder)
@@ -120,7 +121,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--partition-size", type=int, default=None)
     ap.add_argument("--workers", type=int, default=None)
-    ap.add_argument("--maps", default="last", choices=["last", "all"])
+    ap.add_argument("--maps", default=DEFAULT_METHOD, help="explanation method (pipeline.explain)")
     ap.add_argument("--repeats", type=int, default=None, help="interleaved repeats (median)")
     args = ap.parse_args()
     args.repeats = args.repeats or (3 if args.quick else 5)

@@ -28,6 +28,14 @@ def test_pipeline_benchmark_runs():
     assert re.fullmatch(r"relevance_overhead=\d+\.\d+ pipeline_efficiency=\d+\.\d+", line), line
 
 
+def test_faithfulness_benchmark_runs():
+    methods = "attention,chefer_last,occlusion"
+    line = _last_line(["benchmarks/faithfulness.py", "--quick", "--n-real", "12", "--n-fake", "3",
+                       "--epochs", "1", "--methods", methods])  # fmt: skip
+    want = r"pointing=\d+\.\d+ deletion=\d+\.\d+ random=\d+\.\d+ cost=\d+\.\d+"
+    assert re.fullmatch(want, line), line
+
+
 def test_explorer_benchmark_runs():
     line = _last_line(["benchmarks/explorer.py", "--sizes", "20000", "--repeats", "1"])
     want = r"first_frame_ms=\d+ reaggregate_ms=\d+ glyphs_ms=\d+ select_1m_ms=\d+ rss_mb=\d+"

@@ -8,9 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from sklearn.model_selection import StratifiedKFold
 
 from pipeline.imageio import content_hash
 from pipeline.schema import open_run
@@ -28,6 +30,18 @@ def demo200(tmp_path_factory) -> Path:
     return out
 
 
+def _best_threshold_accuracy(x: np.ndarray, y: np.ndarray) -> float:
+    """The best accuracy of any rule "fake iff x > t" or "fake iff x < t" (t anywhere) on (x, y)."""
+    order = np.argsort(x, kind="stable")
+    x, y = x[order], y[order]
+    cuts = np.r_[0, np.flatnonzero(np.diff(x)) + 1, len(x)]  # between distinct values only
+    fakes_below = np.r_[0, np.cumsum(y)][cuts]
+    reals_below = cuts - fakes_below
+    fake_above = reals_below + (y.sum() - fakes_below)
+    fake_below = fakes_below + ((len(y) - y.sum()) - reals_below)
+    return max(fake_above.max(), fake_below.max()) / len(y)
+
+
 def test_layout_manifest_and_domains(demo200):
     m = pd.read_csv(demo200 / "manifest.csv")
     assert len(m) == 200 and m["label"].sum() == 100
@@ -38,13 +52,48 @@ def test_layout_manifest_and_domains(demo200):
         assert ("1_fake" if row.label else "0_real") in row.path
     assert set(m["generator"]) == {"real", "dcgan", "ae-deconv", "ae-upsample"}
     assert m["licence"].str.len().min() > 3
+    looks = {}
+    for p in m["path"]:
+        with Image.open(demo200 / p) as im:
+            looks[p] = (im.size, im.mode, im.format)
+    m["look"] = m["path"].map(looks)
     for domain, grp in m.groupby("domain"):
         assert set(grp["label"]) == {0, 1}, f"{domain} lacks a class"
-        looks = {(im.size, im.mode, im.format)
-                 for im in (Image.open(demo200 / p) for p in grp["path"])}  # fmt: skip
-        assert len(looks) == 1, f"{domain}: trivial cue in size/mode/format: {looks}"
-    baseline = json.loads((demo200 / "build.json").read_text())["trivial_baseline_accuracy"]
-    assert 0.3 <= baseline["all_cues"] <= 1.0
+        assert grp["look"].nunique() == 1, f"{domain}: trivial cue in size/mode/format"
+    # By construction (plan(): as many fakes as reals in each domain, one look per domain) the
+    # look says nothing about the label: even the best rule on it, the majority label of each
+    # look, is right exactly half the time. Integer counts: holds on any machine.
+    counts = m.groupby("look")["label"].agg(["sum", "count"])
+    best = np.maximum(counts["sum"], counts["count"] - counts["sum"]).sum()
+    assert best == len(m) // 2, "size/mode/format separate real from fake"
+
+    info = json.loads((demo200 / "build.json").read_text())
+    baseline = info["trivial_baseline_accuracy"]
+    # The baseline's cue accuracies are 5-fold cross-validated logistic regressions on the files
+    # (colour histogram, size, file size). Their values depend on float arithmetic and on the
+    # image content the generators produce (blurrier fakes give smaller PNGs), so the build does
+    # not make them chance level and no fixed threshold on them is justified. What must hold on
+    # any machine: they are accuracies of the manifest's images, fold by fold, and a 1-feature
+    # logistic regression is a threshold rule, so it never beats the best threshold on each fold.
+    sample = m.sample(len(m), random_state=info["seed"])  # the baseline's own sample and order
+    domains = sorted(m["domain"].unique())
+    cues = ("all_cues", "file_size_only", "histogram_only")
+    keys = {"images", "all_cues", "file_size_only", *(f"{d}_{c}" for d in domains for c in cues)}
+    assert set(baseline) == keys and baseline["images"] == len(m)
+    y = sample["label"].to_numpy()
+    file_size = np.array([(demo200 / p).stat().st_size for p in sample["path"]])
+    subsets = {"": np.ones(len(m), bool)}  # key prefix -> the images its scores are over
+    subsets.update({f"{d}_": (sample["domain"] == d).to_numpy() for d in domains})
+    for prefix, mask in subsets.items():
+        x_, y_ = file_size[mask], y[mask]
+        folds = [test for _, test in StratifiedKFold(5).split(x_, y_)]
+        assert len({len(f) for f in folds}) == 1  # equal folds: a score is hits / images
+        for cue in ("all_cues", "file_size_only", *(["histogram_only"] if prefix else [])):
+            hits = baseline[prefix + cue] * len(y_)
+            assert abs(hits - round(hits)) < 1e-6, f"{prefix}{cue} is no accuracy over {len(y_)}"
+            assert 0 <= round(hits) <= len(y_)
+        oracle = np.mean([_best_threshold_accuracy(x_[f], y_[f]) for f in folds])
+        assert baseline[prefix + "file_size_only"] <= oracle + 1e-9, (prefix, oracle)
 
 
 def test_same_seed_same_bytes(tmp_path):

@@ -1,0 +1,268 @@
+"""Faithfulness of ASAP's explanation methods on planted evidence nobody tuned for, measured side
+by side in one run on the same images, model and machine.
+
+A planted suite (pipeline.synthetic.make_suite: 5 artifact families of different shape, size and
+amplitude, periodic and not, grey and colour, faint ones of a few grey levels, at random places,
+on 2 generator families of base images) is generated, a detector is trained on it exactly as
+``asap run`` trains one (or loaded with --encoder), and on the held-out split (val + test) every
+registered method is scored:
+
+- detection: share of held-out fakes with p(fake) >= 0.5, per family;
+- pointing: share of detected fakes whose fake map peaks on a patch that overlaps the artifact's
+  pixels, per family (chance is the artifact's share of patches, printed as `chance`);
+- deletion / insertion areas (pipeline.perturb, as the pattern stage measures them) against a
+  random order and against plain attention: paired mean difference and its standard error;
+- agreement with occlusion (the causal reference): Spearman correlation of the maps, per image;
+- cost: time of the fake + real maps / time of a forward pass, on the same batches.
+
+With --seeds 0 1 2 the whole thing is repeated with fresh data and training per seed and each
+figure is reported as mean +- sd over seeds. --demo-run RUN adds the demo's held-out images with
+that run's encoder (no pointing there: its fakes carry no planted box). The last line is
+
+    pointing=P deletion=D random=R cost=C
+
+for the default method (pipeline.explain.DEFAULT_METHOD), averaged over seeds, where P is the
+pointing share on detected fakes over all families.
+
+    python benchmarks/faithfulness.py --quick               # one seed, small suite (~2 min)
+    python benchmarks/faithfulness.py --seeds 0 1 2         # the README's table (~25 min, 2 cores)
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+import _isolate  # noqa: F401  (before the package imports: see benchmarks/_isolate.py)
+import numpy as np
+import torch
+
+from pipeline import ingest
+from pipeline.config import EncoderConfig, TrainConfig
+from pipeline.encoder import create_encoder, load_encoder
+from pipeline.explain import DEFAULT_METHOD, METHODS
+from pipeline.imageio import load_for_model, normalize
+from pipeline.perturb import curve_area, order_by, perturbation_curves
+from pipeline.synthetic import SUITE_FAMILIES, make_suite, peak_on_artifact
+from pipeline.train import train_encoder
+
+
+def _pixels(model, paths) -> torch.Tensor:
+    arr = np.stack([load_for_model(p, model.image_size) for p in paths])
+    return normalize(arr, model.preprocess["mean"], model.preprocess["std"])
+
+
+def _timed(fn, pixels: torch.Tensor, batch: int):
+    out, secs = [], 0.0
+    for s in range(0, len(pixels), batch):
+        t0 = time.perf_counter()
+        out.append(fn(pixels[s : s + batch]))
+        secs += time.perf_counter() - t0
+    return torch.cat(out) if isinstance(out[0], torch.Tensor) else out, secs
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per-row Spearman correlation of (B, n) arrays (ties broken by order; NaN if constant)."""
+    ra = np.argsort(np.argsort(a, axis=1), axis=1).astype(np.float64)
+    rb = np.argsort(np.argsort(b, axis=1), axis=1).astype(np.float64)
+    ra -= ra.mean(axis=1, keepdims=True)
+    rb -= rb.mean(axis=1, keepdims=True)
+    den = np.sqrt((ra**2).sum(axis=1) * (rb**2).sum(axis=1))
+    return np.where(den > 0, (ra * rb).sum(axis=1) / np.maximum(den, 1e-12), np.nan)
+
+
+def score_methods(model, pixels, methods, batch: int, steps: int, seed: int) -> dict:
+    """Maps, cost, deletion/insertion areas and occlusion agreement of each method on ``pixels``."""
+    model.eval().requires_grad_(False)
+    _, fwd = _timed(lambda x: torch.no_grad()(model)(x)[2], pixels, batch)  # warm-up
+    _, fwd = _timed(lambda x: torch.no_grad()(model)(x)[2], pixels, batch)
+    gen = torch.Generator().manual_seed(seed)
+    out = {"forward_s": fwd}
+    maps = {}
+    for name in methods:
+        fn = METHODS[name].fn
+        m, secs = _timed(lambda x, fn=fn: fn(model, x, 2).maps[:, 0], pixels, batch)
+        maps[name] = m.float()
+        out[name] = {"cost": secs / fwd}
+    maps["random"] = torch.rand(maps[methods[0]].shape, generator=gen)
+    for name, m in maps.items():
+        order = order_by(m)
+        dele = curve_area(perturbation_curves(model, pixels, order, steps, False).numpy())
+        ins = curve_area(perturbation_curves(model, pixels, order, steps, True).numpy())
+        out.setdefault(name, {}).update(deletion=dele, insertion=ins, maps=m.numpy())
+    if "occlusion" in maps:
+        ref = maps["occlusion"].reshape(len(pixels), -1).numpy()
+        for name in methods:
+            out[name]["occlusion_rho"] = _spearman(maps[name].reshape(len(pixels), -1).numpy(), ref)
+    return out
+
+
+def paired(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    d = np.asarray(a, np.float64) - np.asarray(b, np.float64)
+    return float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
+
+
+def suite_seed(args, seed: int, methods: list[str]) -> dict:
+    """Generate, train, and score one seed of the planted suite: {method: {figure: value}}."""
+    with tempfile.TemporaryDirectory() as tmp:
+        truth, masks = make_suite(Path(tmp) / "imgs", args.n_real, args.n_fake, seed=seed)
+        images = ingest.finalize(
+            ingest.inspect_candidates(ingest.discover(Path(tmp) / "imgs"), 10**8, 8)[0]
+        )
+        images["path"] = images["path_bytes"].map(bytes.decode)
+        images = images.merge(truth[["path", "family"]], on="path")
+        torch.manual_seed(seed)
+        if args.encoder:
+            model, info = load_encoder(args.encoder), {}
+        else:
+            model = create_encoder(EncoderConfig(model_name=args.model))
+            tcfg = TrainConfig(epochs=args.epochs, seed=seed)
+            info = train_encoder(model, images, tcfg)
+        model.eval()
+        held = images[(images["split"] != "train") & (images["duplicate_of"] < 0)]
+        pixels = _pixels(model, held["path_bytes"].tolist())
+        with torch.no_grad():
+            p = model.p_fake(model(pixels)[2]).numpy()
+        lab = held["label"].to_numpy()
+        fam = held["family"].to_numpy()
+        det = (lab == 1) & (p >= 0.5)
+        if det.sum() < 2:  # an untrained smoke run (--quick): score every fake, and say so
+            print(f"seed {seed}: WARNING: the detector found {det.sum()} held-out fakes; scoring "
+                  "all held-out fakes instead (the figures then mean nothing)")  # fmt: skip
+            det = lab == 1
+        res = {"_detect": {f: float((p[fam == f] >= 0.5).mean()) for f in SUITE_FAMILIES},
+               "_acc": float(((p >= 0.5) == lab).mean()),
+               "_epochs": info.get("epochs_run"), "_T": info.get("temperature")}  # fmt: skip
+        mk = np.stack([masks[path] for path in held["path"][det]])
+        scores = score_methods(model, pixels[torch.as_tensor(det)], methods, args.batch,
+                               args.steps, seed)  # fmt: skip
+        fam_det = fam[det]
+        gh = model.visual.grid_size[0]
+        res["_chance"] = float(np.mean([
+            peak_on_artifact(np.eye(gh * gh)[i].reshape(1, gh, gh).repeat(len(mk), 0), mk).mean()
+            for i in range(gh * gh)
+        ]))  # fmt: skip
+        for name in [*methods, "random"]:
+            s = scores[name]
+            hit = peak_on_artifact(s["maps"], mk)
+            r = {"pointing": float(hit.mean()), "deletion": float(s["deletion"].mean()),
+                 "insertion": float(s["insertion"].mean())}  # fmt: skip
+            r.update({f"point_{f}": float(hit[fam_det == f].mean()) if (fam_det == f).any()
+                      else float("nan") for f in SUITE_FAMILIES})  # fmt: skip
+            r["vs_random"], r["vs_random_se"] = paired(s["deletion"], scores["random"]["deletion"])
+            if "attention" in scores:
+                r["vs_attention"], r["vs_attention_se"] = paired(
+                    s["deletion"], scores["attention"]["deletion"]
+                )
+            r["cost"] = s.get("cost", float("nan"))
+            r["occlusion_rho"] = (
+                float(np.nanmean(s["occlusion_rho"])) if "occlusion_rho" in s else float("nan")
+            )
+            res[name] = r
+        res["_n_detected"] = int(det.sum())
+        return res
+
+
+def demo_scores(args, methods: list[str]) -> dict:
+    from pipeline.schema import open_run
+
+    run = open_run(args.demo_run)
+    model = load_encoder(run.paths.encoder)
+    feats = run.features.merge(run.images[["id", "path_bytes", "split", "label"]], on="id")
+    fakes = feats[(feats["split"] == "test") & (feats["label"] == 1) & (feats["p_fake"] >= 0.5)]
+    fakes = fakes.sample(min(len(fakes), args.demo_images), random_state=0)
+    pixels = _pixels(model, fakes["path_bytes"].tolist())
+    scores = score_methods(model, pixels, methods, args.batch, args.steps, 0)
+    res = {}
+    for name in [*methods, "random"]:
+        s = scores[name]
+        r = {"deletion": float(s["deletion"].mean()), "insertion": float(s["insertion"].mean()),
+             "cost": s.get("cost", float("nan"))}  # fmt: skip
+        r["vs_random"], r["vs_random_se"] = paired(s["deletion"], scores["random"]["deletion"])
+        if "attention" in scores:
+            r["vs_attention"], r["vs_attention_se"] = paired(
+                s["deletion"], scores["attention"]["deletion"]
+            )
+        r["occlusion_rho"] = (
+            float(np.nanmean(s["occlusion_rho"])) if "occlusion_rho" in s else float("nan")
+        )
+        res[name] = r
+    res["_n"] = len(fakes)
+    return res
+
+
+def _ms(values) -> str:
+    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], np.float64)
+    if len(v) == 0:
+        return "—"
+    return f"{v.mean():.2f}" if len(v) == 1 else f"{v.mean():.2f} ± {v.std(ddof=1):.2f}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--n-real", type=int, default=600, help="real images per base")
+    ap.add_argument("--n-fake", type=int, default=120, help="fakes per base and family")
+    ap.add_argument("--model", default="asap-tiny-vit-64")
+    ap.add_argument("--epochs", type=int, default=TrainConfig.epochs)
+    ap.add_argument("--encoder", default=None, help="score this encoder instead of training")
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--demo-run", default=None, help="also score this run's held-out fakes")
+    ap.add_argument("--demo-images", type=int, default=128)
+    ap.add_argument("--quick", action="store_true", help="small suite, few epochs (a smoke run)")
+    args = ap.parse_args()
+    if args.quick:
+        args.n_real, args.n_fake = min(args.n_real, 60), min(args.n_fake, 12)
+        args.epochs = min(args.epochs, 3)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")  # epochs on stderr
+    methods = [m for m in args.methods.split(",") if m]
+    for m in (DEFAULT_METHOD, "attention"):
+        if m not in methods:
+            methods.insert(0, m)
+    seeds = [suite_seed(args, s, methods) for s in args.seeds]
+    for s, r in zip(args.seeds, seeds):
+        print(f"seed {s}: held-out accuracy {r['_acc']:.3f}, detected fakes {r['_n_detected']}, "
+              f"epochs {r['_epochs']}, T {r['_T']}, detection "
+              + " ".join(f"{f} {v:.2f}" for f, v in r["_detect"].items()))  # fmt: skip
+    print(f"\nplanted suite: {len(args.seeds)} seed(s), mean ± sd over seeds; pointing chance "
+          f"{_ms([r['_chance'] for r in seeds])}")  # fmt: skip
+    cols = ["pointing", *[f"point_{f}" for f in SUITE_FAMILIES], "deletion", "insertion",
+            "vs_random", "vs_attention", "occlusion_rho", "cost"]  # fmt: skip
+    print("| method | " + " | ".join(cols) + " |")
+    print("|" + " --- |" * (len(cols) + 1))
+    for name in [*methods, "random"]:
+        cells = []
+        for c in cols:
+            vals = [r[name].get(c) for r in seeds]
+            cell = _ms(vals)
+            if c in ("vs_random", "vs_attention") and len(seeds) == 1 and vals[0] is not None:
+                cell += f" (se {seeds[0][name].get(c + '_se', float('nan')):.3f})"
+            cells.append(cell)
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    if args.demo_run:
+        d = demo_scores(args, methods)
+        print(f"\ndemo run {args.demo_run}: {d['_n']} detected held-out fakes")
+        cols = "deletion | insertion | vs_random (se) | vs_attention (se) | occlusion_rho | cost"
+        print(f"| method | {cols} |")
+        print("| --- | --- | --- | --- | --- | --- | --- |")
+        for name in [*methods, "random"]:
+            r = d[name]
+            nan = float("nan")
+            va = f"{r.get('vs_attention', nan):+.3f} ({r.get('vs_attention_se', nan):.3f})"
+            print(f"| {name} | {r['deletion']:.3f} | {r['insertion']:.3f} | "
+                  f"{r['vs_random']:+.3f} ({r['vs_random_se']:.3f}) | {va} | "
+                  f"{r['occlusion_rho']:.2f} | {r['cost']:.2f} |")  # fmt: skip
+    dm = DEFAULT_METHOD
+    print(f"pointing={np.mean([r[dm]['pointing'] for r in seeds]):.3f} "
+          f"deletion={np.mean([r[dm]['deletion'] for r in seeds]):.3f} "
+          f"random={np.mean([r['random']['deletion'] for r in seeds]):.3f} "
+          f"cost={np.mean([r[dm]['cost'] for r in seeds]):.2f}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
