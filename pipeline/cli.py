@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 
@@ -249,6 +250,12 @@ def main(argv: list[str] | None = None) -> int:
     _add_serve(sub)
     _add_patterns(sub)
     a = parser.parse_args(argv)
+    if not getattr(a, "quiet", True):  # progress such as epoch losses, on stderr
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("[asap] %(message)s"))
+        log = logging.getLogger("pipeline")
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
     try:
         if a.command == "run":
             from .runner import run_pipeline

@@ -34,7 +34,7 @@ class Method:
     name: str
     fn: Callable  # (model, pixels (B, 3, S, S), n_maps) -> Explanation
     cost: str  # what it computes, in passes over the network
-    passes: float  # rough cost of the fake + real maps, in forward passes (measured: benchmark)
+    passes: float  # cost of the fake + real maps in forward passes (benchmarks/faithfulness.py)
     class_specific: bool  # False: one map for every target (plain attention, rollout)
     reference: str
 

@@ -12,7 +12,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-SUPPORTED_OPEN_CLIP = ("3.",)  # versions whose ViT internals this adapter was checked against
+SUPPORTED_OPEN_CLIP = ("3.",)
+ALL_BLOCKS_COST = (
+    "1 forward with explicit attention + 1 backward (fake and real share it; each dimension "
+    "map adds one)"
+)  # versions whose ViT internals this adapter was checked against
 
 
 def check_tower(visual: nn.Module) -> None:
@@ -113,6 +117,25 @@ def grads(tgt: torch.Tensor, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
     eye = torch.eye(J, dtype=tgt.dtype, device=tgt.device)
     grad_out = eye[:, None, :].expand(J, tgt.shape[0], J)  # (J, B, J)
     return list(torch.autograd.grad(tgt, inputs, grad_out, is_grads_batched=True))
+
+
+def attention_gradients(model, pixels: torch.Tensor, n_targets: int):
+    """One forward pass with explicit attention in every block, and the gradients of the first
+    ``n_targets`` targets w.r.t. every block's attention: emb, distilled, logit (detached),
+    probs (detached) and gradients, per block (B, H, T, T) and (J, B, H, T, T)."""
+    with torch.no_grad():
+        x = embed_tokens(model, pixels)
+    x.requires_grad_(True)  # a frozen model: the graph must start somewhere
+    probs = []
+    with torch.enable_grad():
+        for blk in blocks(model):
+            x, p = block_forward(blk, x)
+            probs.append(p)
+        emb = pooled(model, x[:, 0])
+        distilled, logit, tgt = targets(model, emb, n_targets)
+        gs = grads(tgt, probs)
+    detached = (t.detach() for t in (emb, distilled, logit))
+    return (*detached, [p.detach() for p in probs], gs)
 
 
 def signed(g: torch.Tensor) -> torch.Tensor:

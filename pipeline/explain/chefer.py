@@ -39,20 +39,10 @@ def chefer_last(model, pixels: torch.Tensor, n_maps: int) -> Explanation:
     return Explanation(emb.detach(), distilled.detach(), logit.detach(), maps, attn)
 
 
-@register("chefer_all", cost="1 forward with explicit attention + 1 backward per target",
-          passes=3.0, class_specific=True, reference="Chefer et al. 2021, all blocks")  # fmt: skip
+@register("chefer_all", cost=A.ALL_BLOCKS_COST, passes=2.0, class_specific=True,
+          reference="Chefer et al. 2021, all blocks")  # fmt: skip
 def chefer_all(model, pixels: torch.Tensor, n_maps: int) -> Explanation:
-    with torch.no_grad():
-        x = A.embed_tokens(model, pixels)
-    x.requires_grad_(True)  # a frozen model: the graph must start somewhere
-    probs = []
-    with torch.enable_grad():
-        for blk in A.blocks(model):
-            x, p = A.block_forward(blk, x)
-            probs.append(p)
-        emb = A.pooled(model, x[:, 0])
-        distilled, logit, tgt = A.targets(model, emb, n_maps - 1)
-        gs = A.grads(tgt, probs)  # each (J, B, H, T, T)
+    emb, distilled, logit, probs, gs = A.attention_gradients(model, pixels, n_maps - 1)
     B, T = len(pixels), probs[0].shape[-1]
     R = torch.eye(T, device=pixels.device).expand(n_maps, B, T, T).clone()
     for g, p in zip(gs, probs):
@@ -60,4 +50,4 @@ def chefer_all(model, pixels: torch.Tensor, n_maps: int) -> Explanation:
         R = R + abar @ R
     gh, gw = A.grid(model)
     maps = R[:, :, 0, 1:].permute(1, 0, 2).reshape(B, n_maps, gh, gw)
-    return Explanation(emb.detach(), distilled.detach(), logit.detach(), maps)
+    return Explanation(emb, distilled, logit, maps)

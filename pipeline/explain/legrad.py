@@ -45,19 +45,8 @@ def legrad(model, pixels: torch.Tensor, n_maps: int) -> Explanation:
                        _reduce(gs, model, len(pixels), n_maps))  # fmt: skip
 
 
-@register("attngrad", cost="1 forward with explicit attention + 1 backward per target",
-          passes=2.5, class_specific=True, reference="issue 9 bake-off, LeGrad-style")  # fmt: skip
+@register("attngrad", cost=A.ALL_BLOCKS_COST, passes=2.0, class_specific=True,
+          reference="issue 9 bake-off, LeGrad-style")  # fmt: skip
 def attngrad(model, pixels: torch.Tensor, n_maps: int) -> Explanation:
-    with torch.no_grad():
-        x = A.embed_tokens(model, pixels)
-    x.requires_grad_(True)  # a frozen model: the graph must start somewhere
-    probs = []
-    with torch.enable_grad():
-        for blk in A.blocks(model):
-            x, p = A.block_forward(blk, x)
-            probs.append(p)
-        emb = A.pooled(model, x[:, 0])
-        distilled, logit, tgt = A.targets(model, emb, n_maps - 1)
-        gs = A.grads(tgt, probs)
-    return Explanation(emb.detach(), distilled.detach(), logit.detach(),
-                       _reduce(gs, model, len(pixels), n_maps))  # fmt: skip
+    emb, distilled, logit, _, gs = A.attention_gradients(model, pixels, n_maps - 1)
+    return Explanation(emb, distilled, logit, _reduce(gs, model, len(pixels), n_maps))
