@@ -64,7 +64,11 @@ def _add_run(sub) -> None:
     m.add_argument("--encoder", default=None, help="reuse a trained ASAP encoder.pt, skip training")
     m.add_argument("--text-projection", default=None, help="(256, E) .pt matrix to start from")
     t = p.add_argument_group("training")
-    t.add_argument("--epochs", type=int, default=TrainConfig.epochs)
+    t.add_argument("--epochs", type=int, default=TrainConfig.epochs,
+                   help="at most this many epochs (default: %(default)s)")  # fmt: skip
+    t.add_argument("--patience", type=int, default=TrainConfig.patience,
+                   help="stop after this many epochs without a better validation loss; the best "
+                   "epoch is kept (default: %(default)s)")  # fmt: skip
     t.add_argument("--lr", type=float, default=TrainConfig.lr)
     t.add_argument("--train-batch-size", type=int, default=TrainConfig.batch_size)
     r = p.add_argument_group("pipeline")
@@ -167,7 +171,13 @@ def build_config(a: argparse.Namespace) -> RunConfig:
         encoder=EncoderConfig(
             model_name=a.model, pretrained=a.pretrained, text_projection=a.text_projection
         ),
-        train=TrainConfig(epochs=a.epochs, lr=a.lr, batch_size=a.train_batch_size, seed=a.seed),
+        train=TrainConfig(
+            epochs=a.epochs,
+            patience=a.patience,
+            lr=a.lr,
+            batch_size=a.train_batch_size,
+            seed=a.seed,
+        ),  # fmt: skip
         patterns=PatternConfig(
             enabled=not a.no_patterns,
             n_patterns=a.patterns,

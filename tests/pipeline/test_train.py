@@ -53,10 +53,14 @@ def test_temperature_fit_degenerate_inputs():
     assert fit_temperature(np.ones(5), np.ones(5)) == 1.0  # one class only: nothing to fit
 
 
-def test_train_config_validates():
+def test_train_config_validates(capsys):
     for bad in ({"epochs": 0}, {"patience": 0}, {"batch_size": 0}, {"lr": 0.0}):
         with pytest.raises(ValueError, match=">= 1|> 0"):
             TrainConfig(**bad)
+    from pipeline.cli import main  # a clear one-line error, exit code 2, before anything runs
+
+    assert main(["run", "nowhere", "--out", "nowhere-run", "--patience", "0"]) == 2
+    assert "patience=0" in capsys.readouterr().err
 
 
 @pytest.mark.slow
