@@ -119,8 +119,8 @@ def describe(model, pixels, maps: np.ndarray, cfg: PatternConfig):
 
 
 def faithfulness(model, pixels, orders: dict[str, torch.Tensor], steps: int) -> pd.DataFrame:
-    """Deletion and insertion areas of each patch order (name -> (B, gh, gw) map, or None for a
-    random order): one row per (image index, method)."""
+    """Deletion and insertion areas of each patch order (name -> (B, gh, gw) map; random values
+    for the random order): one row per (image index, method)."""
     base = p_fake(model, pixels).cpu().numpy()
     rows = []
     for name, fake in orders.items():
