@@ -82,15 +82,21 @@ def _region(rng, size: int, side: int) -> tuple[int, int]:
     return tuple(int(v) for v in rng.integers(0, size - side + 1, size=2))
 
 
+def _paste(arr: np.ndarray, top: int, left: int, delta: np.ndarray, hit=None) -> np.ndarray:
+    """Add ``delta`` (side, side, 1 or 3) at (top, left); the changed pixels' mask (S, S)."""
+    side = delta.shape[0]
+    arr[top : top + side, left : left + side] += delta
+    mask = np.zeros(arr.shape[:2], bool)
+    mask[top : top + side, left : left + side] = True if hit is None else hit
+    return mask
+
+
 def _grating(rng, arr: np.ndarray) -> np.ndarray:
     """A faint (+-6 grey levels) diagonal sinusoid of period 3 px over 16 x 16: periodic, grey."""
     side = 16
     top, left = _region(rng, arr.shape[0], side)
     yy, xx = np.mgrid[0:side, 0:side]
-    arr[top : top + side, left : left + side] += 6.0 * np.sin(2 * np.pi * (xx + yy) / 3)[..., None]
-    mask = np.zeros(arr.shape[:2], bool)
-    mask[top : top + side, left : left + side] = True
-    return mask
+    return _paste(arr, top, left, 6.0 * np.sin(2 * np.pi * (xx + yy) / 3)[..., None])
 
 
 def _ring(rng, arr: np.ndarray) -> np.ndarray:
@@ -111,10 +117,7 @@ def _checker(rng, arr: np.ndarray) -> np.ndarray:
     top, left = _region(rng, arr.shape[0], side)
     yy, xx = np.mgrid[0:side, 0:side]
     sign = np.where((yy // 2 + xx // 2) % 2 == 0, 1.0, -1.0)
-    arr[top : top + side, left : left + side] += 12.0 * sign[..., None]
-    mask = np.zeros(arr.shape[:2], bool)
-    mask[top : top + side, left : left + side] = True
-    return mask
+    return _paste(arr, top, left, 12.0 * sign[..., None])
 
 
 def _speckle(rng, arr: np.ndarray) -> np.ndarray:
@@ -123,10 +126,7 @@ def _speckle(rng, arr: np.ndarray) -> np.ndarray:
     top, left = _region(rng, arr.shape[0], side)
     hit = rng.random((side, side)) < 0.25
     noise = rng.choice([-20.0, 20.0], size=(side, side, 3)) * hit[..., None]
-    arr[top : top + side, left : left + side] += noise
-    mask = np.zeros(arr.shape[:2], bool)
-    mask[top : top + side, left : left + side] = hit
-    return mask
+    return _paste(arr, top, left, noise, hit)
 
 
 def _line(rng, arr: np.ndarray) -> np.ndarray:
