@@ -16,7 +16,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from pipeline.imageio import ImageRejected, decode_image, read_bytes, resize_center_crop
+from pipeline.imageio import (
+    ImageRejected,
+    decode_image,
+    member_ref,
+    read_bytes,
+    resize_center_crop,
+    split_ref,
+)
 
 
 class ImageAccessError(PermissionError):
@@ -65,7 +72,10 @@ class ImageSource:
         pos = int(np.searchsorted(self._ids, key))
         if pos >= len(self._ids) or self._ids[pos] != key:
             raise ImageAccessError(f"no image with id {image_id!r} in this run")
-        return check_inside(bytes(self._paths.iloc[pos]), self.roots)
+        file, row, column = split_ref(bytes(self._paths.iloc[pos]))
+        real = check_inside(file, self.roots)
+        # an image inside a Parquet shard: the shard must lie inside the roots
+        return real if row is None else member_ref(real, row, column)
 
     def thumbnail(self, image_id: int, size: int = 128) -> np.ndarray:
         """(size, size, 3) uint8: the centre crop the model saw, or a grey tile with a cross when

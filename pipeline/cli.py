@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 
 import numpy as np
@@ -20,21 +21,63 @@ METHOD_HELP = (
 )
 
 RUN_EPILOG = """\
-image layouts read (folder names case-insensitive):
-  <gen>/[<class>/]0_real|1_fake/     CNNDetection, UnivFD
-  <gen>/[train|val]/nature|ai/       GenImage
-  .../real|fake/...                  plain real/fake folders
-  real/ beside <generator>/ folders  one folder per generator
-  manifest.csv|.parquet              columns path,label[,generator,split]
+image layouts read (folder names case-insensitive; `asap scan SOURCE` shows what is found):
+  <gen>/[<class>/]0_real|1_fake/        CNNDetection, UnivFD
+  <gen>/[train|val]/nature|ai/          GenImage (val is the held-out split when there is no test)
+  .../real|fake/...                     plain real/fake folders
+  real/ beside <generator>/ folders     at any depth: DiffusionForensics'
+                                        images/<split>/<domain>/{real,adm,ldm,...}
+  <subset>/metadata.csv                 ArtiFact (image_path,target,category; target 0 = real)
+  *.parquet with the images inside      Community Forensics (image_data, model_name, label),
+                                        Hugging Face exports (image {bytes,path}, label, model)
+  manifest.csv|.parquet                 a path and a label column; generator, source, split optional
+
+columns are found by name (path/image_path/filename, label/target/is_fake, generator/model/
+model_name/category, source/dataset/domain, split); name them with --path-col, --image-col,
+--label-col, --generator-col, --source-col, --split-col. Labels: 0/1, real/fake and synonyms
+(nature/ai, human/generated), booleans, integer classes with 0 = real; --real-values lists the
+values that mean real, every other value is then fake.
 
 examples:
+  asap scan path/to/benchmark
   asap run path/to/benchmark --out runs/mine
   asap run path/to/benchmark --out runs/mine --model ViT-B-32 --pretrained openai
   asap run path/to/benchmark --out runs/mine --model ViT-B-32 --pretrained ./ViT-B-32.bin
   asap run path/to/benchmark --out runs/mine --scheduler tcp://host:8786
+  asap run shards/ --out runs/cf --label-col label --real-values real,human
 
-An interrupted run resumes when the same command is run again.
+An interrupted run resumes when the same command is run again. Errors are one line; --debug
+shows the full traceback (also written to OUT/asap.log).
 """
+
+
+def _add_columns(p) -> None:
+    c = p.add_argument_group("manifest and Parquet columns (detected by name when not given)")
+    c.add_argument("--path-col", default=None, help="column of image file paths (manifests)")
+    c.add_argument("--image-col", default=None,
+                   help="column of image bytes or {bytes, path} structs (shards)")  # fmt: skip
+    c.add_argument("--label-col", default=None, help="column of real/fake labels")
+    c.add_argument("--generator-col", default=None, help="column naming the generator of fakes")
+    c.add_argument("--source-col", default=None,
+                   help="column naming where an image came from (data set, domain)")  # fmt: skip
+    c.add_argument("--split-col", default=None, help="column of train/val/test")
+    c.add_argument("--real-values", default=None, metavar="V1,V2",
+                   help="label values that mean real (every other value is then fake)")  # fmt: skip
+    c.add_argument("--max-pixels", type=int, default=RunConfig.__dataclass_fields__[
+                   "max_pixels"].default, help="decompression-bomb guard: larger images are "
+                   "rejected (default: %(default)s)")  # fmt: skip
+    c.add_argument("--min-side", type=int, default=RunConfig.__dataclass_fields__[
+                   "min_side"].default, help="images with a shorter side are rejected "
+                   "(default: %(default)s)")  # fmt: skip
+
+
+def columns_config(a: argparse.Namespace):
+    from .config import ColumnsConfig
+
+    real = tuple(v for v in (a.real_values or "").split(",") if v.strip())
+    return ColumnsConfig(path_col=a.path_col, image_col=a.image_col, label_col=a.label_col,
+                         generator_col=a.generator_col, source_col=a.source_col,
+                         split_col=a.split_col, real_values=real)  # fmt: skip
 
 
 def _add_run(sub) -> None:
@@ -105,6 +148,23 @@ def _add_run(sub) -> None:
     g.add_argument("--impact-images", type=int, default=PatternConfig.impact_images)
     g.add_argument("--faithfulness-images", type=int, default=PatternConfig.faithfulness_images,
                    help="images per partition with deletion/insertion curves")  # fmt: skip
+    _add_columns(p)
+
+
+def _add_scan(sub) -> None:
+    p = sub.add_parser(
+        "scan",
+        help="show what a run would ingest from SOURCE, without training",
+        description="Recognise the layout of SOURCE and inspect every image as `asap run` would "
+        "(decode, hash, size checks), without training: counts per split x label x generator/"
+        "source, rejects by reason and duplicates.",
+        epilog=RUN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("source", help="image folder, manifest or Parquet shard")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--workers", type=int, default=None, help="decoding processes (default: cores)")
+    _add_columns(p)
 
 
 def _add_info(sub) -> None:
@@ -187,6 +247,7 @@ def build_config(a: argparse.Namespace) -> RunConfig:
             faithfulness_images=a.faithfulness_images,
             seed=a.seed,
         ),
+        columns=columns_config(a),
         encoder_checkpoint=a.encoder,
         partition_size=a.partition_size,
         batch_size=a.batch_size,
@@ -197,6 +258,8 @@ def build_config(a: argparse.Namespace) -> RunConfig:
         scheduler=a.scheduler,
         workers=a.workers,
         device=a.device,
+        max_pixels=a.max_pixels,
+        min_side=a.min_side,
         progress=not a.quiet,
     )
 
@@ -218,7 +281,9 @@ def _info(run_dir: str) -> dict:
             "dimensions": "chefer_last",
             "compare": run.relevance.methods[1:],
         },  # fmt: skip
+        "layouts": run.meta.get("stages", {}).get("ingest", {}).get("layouts"),
         "timings": run.meta.get("timings"),
+        "held_out": run.metrics.get("held_out", "test"),
         "metrics_test": run.metrics.get("test", {}).get("overall"),
         **_pattern_info(run),
     }
@@ -249,44 +314,183 @@ def _pattern_info(run) -> dict:
     return {"patterns": records, "faithfulness": rounded(summary)}
 
 
+SCHEDULER_RE = re.compile(r"^((tcp|tls|inproc|ucx|ws|wss)://)?[\w.\-\[\]:]+:\d+/?$")
+DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?|mps)$")
+
+
+def preflight_run(cfg: RunConfig) -> None:
+    """Everything about a run that can be checked before Dask starts or any image is read."""
+    from pathlib import Path
+
+    src = Path(cfg.source)
+    if not src.exists():
+        raise FileNotFoundError(
+            f"image source {cfg.source} does not exist: pass a folder, a manifest or a Parquet "
+            "shard"
+        )
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {cfg.out} is a file; name a folder for the run directory")
+    parent = next((p for p in [out, *out.absolute().parents] if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise ValueError(f"--out {cfg.out}: {parent} is a file, not a folder")
+    if parent is not None and not os.access(parent, os.W_OK | os.X_OK):
+        raise PermissionError(f"--out {cfg.out}: cannot write in {parent}")
+    for flag, path in (("--encoder", cfg.encoder_checkpoint),
+                       ("--text-projection", cfg.encoder.text_projection)):  # fmt: skip
+        if path and not os.path.isfile(path):
+            raise FileNotFoundError(f"{flag} {path} does not exist (or is not a file)")
+    if cfg.scheduler and not SCHEDULER_RE.match(cfg.scheduler):
+        raise ValueError(
+            f"--scheduler {cfg.scheduler!r} is not a scheduler address; write tcp://HOST:PORT "
+            "(the address `dask scheduler` prints)"
+        )
+    if cfg.device is not None:
+        if not DEVICE_RE.match(cfg.device):
+            raise ValueError(f"--device {cfg.device!r}: use cpu, cuda or cuda:N")
+        if cfg.device.startswith("cuda") and not cfg.scheduler:
+            import torch
+
+            if not torch.cuda.is_available():
+                raise ValueError(f"--device {cfg.device}: this machine has no CUDA GPU; use cpu")
+    if not cfg.encoder_checkpoint:
+        from .encoder import preflight
+
+        preflight(cfg.encoder)
+
+
+# Errors that mean "the input or the settings are wrong": one line, nothing else to see. Anything
+# else is a failure of ASAP or of the machine (a bug, CUDA out of memory): its traceback goes to
+# the run's asap.log (and to the terminal with --debug).
+def _user_errors() -> tuple:
+    from .encoder import PretrainedUnavailable
+    from .schema import RunDirectoryError
+
+    return (FileNotFoundError, NotADirectoryError, IsADirectoryError, FileExistsError,
+            PermissionError, ValueError, ConnectionError, RunDirectoryError,
+            PretrainedUnavailable)  # fmt: skip
+
+
+def _log_file(a: argparse.Namespace):
+    """The run directory's asap.log, for commands that have one and a directory that exists."""
+    from pathlib import Path
+
+    folder = getattr(a, "out", None) or (
+        getattr(a, "run", None) if a.command == "patterns" else None
+    )
+    if folder and Path(folder).is_dir():
+        return Path(folder) / "asap.log"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true",
+                        help="show full tracebacks instead of one-line errors")  # fmt: skip
     parser = argparse.ArgumentParser(
         prog="asap",
         description="ASAP: find and explain the patterns that give AI-generated images away.",
+        parents=[common],
     )
     sub = parser.add_subparsers(dest="command", required=True)
     _add_run(sub)
+    _add_scan(sub)
     _add_info(sub)
     _add_serve(sub)
     _add_patterns(sub)
+    for p in sub.choices.values():
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show full tracebacks instead of one-line errors")  # fmt: skip
     a = parser.parse_args(argv)
+    debug = getattr(a, "debug", False)
+    log = logging.getLogger("pipeline")
     if not getattr(a, "quiet", True):  # progress such as epoch losses, on stderr
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("[asap] %(message)s"))
-        log = logging.getLogger("pipeline")
         log.addHandler(handler)
         log.setLevel(logging.INFO)
+    file_handler = None
+
+    def attach_log() -> None:
+        nonlocal file_handler
+        path = _log_file(a)
+        if path is not None and file_handler is None:
+            file_handler = logging.FileHandler(path)
+            file_handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
+            log.addHandler(file_handler)
+            log.setLevel(logging.INFO)
+
+    created = None
     try:
         if a.command == "run":
+            from pathlib import Path
+
             from .runner import run_pipeline
 
-            paths = run_pipeline(build_config(a), fresh=a.fresh)
+            cfg = build_config(a)
+            preflight_run(cfg)
+            created = None if Path(cfg.out).exists() else Path(cfg.out)
+            Path(cfg.out).mkdir(parents=True, exist_ok=True)
+            attach_log()
+            paths = run_pipeline(cfg, fresh=a.fresh)
             print(paths.root)
+        elif a.command == "scan":
+            from .scan import format_report, scan
+
+            report = scan(a.source, columns_config(a), a.max_pixels, a.min_side, a.workers)
+            print(json.dumps(report, indent=2, default=str) if a.json else format_report(report))
+            return 0 if report["images"] else 1
         elif a.command == "info":
             print(json.dumps(_info(a.run), indent=2, default=str))
         elif a.command == "patterns":
             from .runner import run_pipeline
 
+            attach_log()
             print(run_pipeline(patterns_config(a)).root)
         elif a.command == "serve":
             from explorer.server import serve
 
             serve(a.run, a.port, a.address, a.show, tuple(a.image_root),
                   tuple(a.allow_websocket_origin))  # fmt: skip
-    except (FileNotFoundError, ValueError, ConnectionError, RuntimeError) as e:
-        print(f"asap: error: {e}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        print("asap: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    except Exception as e:
+        user = isinstance(e, _user_errors()) and not _is_torch_error(e)
+        if file_handler is not None:
+            log.error("%s: %s", "error" if user else "internal error", e, exc_info=True)
+        if created is not None and user:
+            _remove_if_empty(created)
+        if debug:
+            raise
+        if user:
+            print(f"asap: error: {e}", file=sys.stderr)
+            return 2
+        where = f" (traceback in {_log_file(a)})" if file_handler is not None else ""
+        print(f"asap: internal error: {type(e).__name__}: {e}{where}; rerun with --debug for the "
+              "traceback, and report it if it is a bug", file=sys.stderr)  # fmt: skip
+        return 3
+    finally:
+        if file_handler is not None:
+            log.removeHandler(file_handler)
+            file_handler.close()
     return 0
+
+
+def _is_torch_error(e: BaseException) -> bool:
+    """torch raises ValueError/RuntimeError subclasses for its own failures (out of memory)."""
+    return type(e).__module__.startswith("torch")
+
+
+def _remove_if_empty(folder) -> None:
+    """Remove a run directory this command created when the run produced nothing in it (so that
+    the corrected command starts cleanly); keep anything with results."""
+    import shutil
+
+    from .schema import RunPaths
+
+    if folder.is_dir() and not RunPaths(folder).images.exists():
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":

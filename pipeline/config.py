@@ -83,6 +83,37 @@ class PatternConfig:
             )
         if self.patches_per_image < 1 or self.steps < 1:
             raise ValueError("patches_per_image and steps must be >= 1")
+        if self.n_patterns < 0 or self.n_patterns == 1:
+            raise ValueError(
+                f"--patterns must be 0 (chosen by silhouette) or >= 2, got {self.n_patterns}"
+            )
+        if self.impact_images < 1 or self.faithfulness_images < 0 or self.sample < 1:
+            raise ValueError(
+                f"--impact-images must be >= 1 and --faithfulness-images >= 0 (got "
+                f"{self.impact_images}, {self.faithfulness_images})"
+            )
+
+
+@dataclass(frozen=True)
+class ColumnsConfig:
+    """Column names of a manifest or Parquet image shards, when ASAP's detection by name is not
+    enough (None: detected; see pipeline.columns), and the label values that mean real."""
+
+    path_col: str | None = None
+    image_col: str | None = None
+    label_col: str | None = None
+    generator_col: str | None = None
+    source_col: str | None = None
+    split_col: str | None = None
+    # label values meaning "real" (every other value is then fake); () : 0/real/nature/... = real
+    real_values: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        vals = self.real_values
+        vals = (vals,) if isinstance(vals, str) else vals
+        object.__setattr__(
+            self, "real_values", tuple(str(v).strip() for v in vals if str(v).strip())
+        )
 
 
 @dataclass(frozen=True)
@@ -92,6 +123,7 @@ class RunConfig:
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     patterns: PatternConfig = field(default_factory=PatternConfig)
+    columns: ColumnsConfig = field(default_factory=ColumnsConfig)
     encoder_checkpoint: str | None = None  # reuse a trained ASAP encoder instead of training
     partition_size: int = 512  # images per Dask task / output file
     batch_size: int = 64  # images per forward pass inside a partition
@@ -119,7 +151,18 @@ class RunConfig:
         if self.layout not in ("umap", "pca"):
             raise ValueError(f"layout must be 'umap' or 'pca', got {self.layout!r}")
         if self.partition_size < 1 or self.batch_size < 1:
-            raise ValueError("partition_size and batch_size must be >= 1")
+            raise ValueError(
+                f"--partition-size and --batch-size must be >= 1 (got {self.partition_size}, "
+                f"{self.batch_size})"
+            )
+        if self.workers is not None and self.workers < 1:
+            raise ValueError(f"--workers must be >= 1, got {self.workers}")
+        if self.max_pixels < 1 or self.min_side < 1:
+            raise ValueError(
+                f"--max-pixels and --min-side must be >= 1 (got {self.max_pixels}, {self.min_side})"
+            )
+        if not self.out:
+            raise ValueError("--out must name a folder")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -127,7 +170,8 @@ class RunConfig:
     @classmethod
     def from_dict(cls, d: dict) -> RunConfig:
         """The inverse of to_dict (run.json's "config"); unknown keys are an error."""
-        nested = {"encoder": EncoderConfig, "train": TrainConfig, "patterns": PatternConfig}
+        nested = {"encoder": EncoderConfig, "train": TrainConfig, "patterns": PatternConfig,
+                  "columns": ColumnsConfig}  # fmt: skip
         kw = {
             k: (nested[k](**v) if k in nested and isinstance(v, dict) else v) for k, v in d.items()
         }

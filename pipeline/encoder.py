@@ -7,6 +7,7 @@ rebuilt offline by ``load_encoder`` (the checkpoint holds the tower's weights to
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import socket
 from dataclasses import asdict
@@ -136,14 +137,17 @@ def _cached_pretrained(cfg: dict, cache_dir: str | None) -> str | None:
     return None
 
 
-def _resolve_pretrained(model_name: str, pretrained: str, cache_dir: str | None) -> str:
-    """A local checkpoint path for ``pretrained`` (a tag or a file), downloading only if online."""
+def _resolve_pretrained(
+    model_name: str, pretrained: str, cache_dir: str | None, download: bool = True
+) -> str | None:
+    """A local checkpoint path for ``pretrained`` (a tag or a file), downloading only if online.
+    With ``download=False``, only check that it could be had (None when it would be downloaded)."""
     import open_clip
     from open_clip.pretrained import download_pretrained, get_pretrained_cfg
 
     if os.path.sep in pretrained or pretrained.endswith((".pt", ".bin", ".safetensors", ".pth")):
         if not os.path.isfile(pretrained):
-            raise FileNotFoundError(f"checkpoint file {pretrained} does not exist")
+            raise FileNotFoundError(f"checkpoint file {pretrained} (--pretrained) does not exist")
         return pretrained
     cfg = get_pretrained_cfg(model_name, pretrained)
     if not cfg:
@@ -162,20 +166,45 @@ def _resolve_pretrained(model_name: str, pretrained: str, cache_dir: str | None)
             f"open_clip.create_model('{model_name}', pretrained='{pretrained}')) and pass the "
             f"file with `--pretrained /path/to/{model_name}.bin`."
         )
-    return download_pretrained(cfg, cache_dir=cache_dir)
+    return download_pretrained(cfg, cache_dir=cache_dir) if download else None
+
+
+def _model_config(name: str) -> dict:
+    import open_clip
+
+    _register_configs()
+    model_cfg = open_clip.get_model_config(name)
+    if model_cfg is None:
+        raise ValueError(
+            f"unknown model {name!r}; choose one of open_clip.list_models() "
+            f"(e.g. ViT-B-32) or {sorted(p.stem for p in ASAP_MODEL_CONFIGS.glob('*.json'))}"
+        )
+    return model_cfg
+
+
+def preflight(cfg: EncoderConfig, cache_dir: str | None = None) -> None:
+    """Everything about ``cfg`` that can fail, checked before any work starts: the model name,
+    its tower, and where its pretrained weights would come from (nothing is downloaded)."""
+    vision = _model_config(cfg.model_name).get("vision_cfg", {})
+    if vision.get("timm_model_name") or isinstance(vision.get("layers"), (list, tuple)):
+        raise ValueError(
+            f"{cfg.model_name} does not have an open_clip ViT image tower (timm or ResNet); ASAP's "
+            "attention relevance needs a ViT-* model"
+        )
+    if vision.get("attentional_pool") or vision.get("pool_type", "tok") != "tok":
+        raise ValueError(
+            f"{cfg.model_name} pools with {vision.get('pool_type')!r}/attentional_pool; ASAP needs "
+            "CLS-token pooling"
+        )
+    if cfg.pretrained:
+        _resolve_pretrained(cfg.model_name, cfg.pretrained, cache_dir, download=False)
 
 
 def _build_visual(cfg: EncoderConfig, load_weights: bool, cache_dir: str | None):
     import open_clip
     from open_clip.model import _build_vision_tower
 
-    _register_configs()
-    model_cfg = open_clip.get_model_config(cfg.model_name)
-    if model_cfg is None:
-        raise ValueError(
-            f"unknown model {cfg.model_name!r}; choose one of open_clip.list_models() "
-            f"(e.g. ViT-B-32) or {sorted(p.stem for p in ASAP_MODEL_CONFIGS.glob('*.json'))}"
-        )
+    model_cfg = _model_config(cfg.model_name)
     embed_dim = model_cfg["embed_dim"]
     if cfg.pretrained and load_weights:
         ckpt = _resolve_pretrained(cfg.model_name, cfg.pretrained, cache_dir)
@@ -226,7 +255,11 @@ def save_encoder(model: ASAPEncoder, path: Path, extra: dict | None = None) -> s
         "state_dict": model.state_dict(),
         "extra": extra or {},
     }
-    atomic_write(Path(path), lambda tmp: torch.save(blob, tmp))
+    # serialised in memory: torch.save names the archive's records after the file it writes, so
+    # saving straight to a temporary file would make identical models hash differently
+    buf = io.BytesIO()
+    torch.save(blob, buf)
+    atomic_write(Path(path), lambda tmp: tmp.write_bytes(buf.getvalue()))
     return file_sha256(path)
 
 

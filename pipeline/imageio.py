@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import stat
 import warnings
 from dataclasses import dataclass
@@ -35,8 +36,44 @@ class ImageInfo:
     height: int
 
 
+# An image stored inside a Parquet shard is named by the shard's path, a NUL byte, its row number
+# (zero-padded, so that byte order is row order), a NUL byte and the column that holds it. No
+# file-system path contains NUL, so the two kinds of name cannot be confused; everything that opens
+# images goes through read_bytes.
+MEMBER_SEP = b"\x00"
+
+
+def member_ref(shard: str | bytes, row: int, column: str) -> bytes:
+    return os.fsencode(shard) + MEMBER_SEP + b"%010d" % row + MEMBER_SEP + column.encode()
+
+
+def split_ref(path: str | bytes) -> tuple[bytes, int | None, str | None]:
+    """(file-system path, row, column) of an image inside a Parquet shard; (path, None, None) for
+    a plain file."""
+    path = os.fsencode(path)
+    if MEMBER_SEP not in path:
+        return path, None, None
+    file, row, column = path.split(MEMBER_SEP, 2)
+    return file, int(row), column.decode()
+
+
+def display_ref(path: str | bytes) -> str:
+    """A name for people: the path (undecodable bytes escaped), ``shard.parquet::ROW`` inside
+    a shard."""
+    file, row, _ = split_ref(path)
+    name = file.decode("utf-8", errors="backslashreplace")
+    return name if row is None else f"{name}::{row}"
+
+
 def read_bytes(path: str | bytes) -> bytes:
-    """Read a whole file, turning every file-system failure into ImageRejected."""
+    """Read a whole file (or one image stored in a Parquet shard), turning every failure into
+    ImageRejected."""
+    file, row, column = split_ref(path)
+    if row is not None:
+        from .shards import read_member
+
+        return read_member(file, row, column)
+    path = file
     try:
         st = os.stat(path)
     except FileNotFoundError as e:
@@ -86,6 +123,16 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV
 
 
+def _bomb_reason(detail, max_pixels: int) -> str:
+    """ASAP's own limit in words (PIL's messages quote PIL's limit, not the one applied)."""
+    m = re.search(r"\((\d+) pixels\)", str(detail))
+    size = f"{int(m.group(1)):,} pixels" if m else str(detail)
+    return (
+        f"decompression bomb guard: {size} is more than ASAP's limit of {max_pixels:,} pixels "
+        "(asap run --max-pixels raises it for images you trust)"
+    )
+
+
 def decode_image(
     data: bytes, *, max_pixels: int = 64_000_000, min_side: int = 8
 ) -> tuple[np.ndarray, ImageInfo]:
@@ -95,23 +142,21 @@ def decode_image(
         try:
             im = Image.open(io.BytesIO(data))
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-            raise ImageRejected(f"decompression bomb guard: {e}") from e
+            raise ImageRejected(_bomb_reason(e, max_pixels)) from e
         except UnidentifiedImageError as e:
             raise ImageRejected("not an image (format not recognised)") from e
         except Exception as e:  # PIL raises many types for malformed headers
             raise ImageRejected(f"unreadable image header: {type(e).__name__}: {e}") from e
         w, h = im.size
         if w * h > max_pixels:
-            raise ImageRejected(
-                f"decompression bomb guard: {w}x{h} pixels exceeds max_pixels={max_pixels}"
-            )
+            raise ImageRejected(_bomb_reason(f"{w}x{h} = {w * h:,} pixels", max_pixels))
         fmt, mode = im.format or "unknown", im.mode
         try:
             im.load()
             im = ImageOps.exif_transpose(im)
             rgb = _to_rgb(im)
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-            raise ImageRejected(f"decompression bomb guard: {e}") from e
+            raise ImageRejected(_bomb_reason(e, max_pixels)) from e
         except Exception as e:
             raise ImageRejected(f"truncated or corrupt image data: {type(e).__name__}: {e}") from e
     if min(rgb.size) < min_side:

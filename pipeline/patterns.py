@@ -336,7 +336,7 @@ def summarize(mem: pd.DataFrame, dims: np.ndarray, images: pd.DataFrame, impacts
 def stage_patterns(cfg: RunConfig, run: RunPaths, images: pd.DataFrame, parts: list, sha: str,
                    client, previous: dict | None = None) -> dict:  # fmt: skip
     """Compute missing patch partitions, then (re)cluster and summarise if anything changed."""
-    from distributed import wait
+    from .watch import as_completed_watched
 
     pcfg = cfg.patterns
     prev = (previous or {}).get("config")
@@ -365,8 +365,7 @@ def stage_patterns(cfg: RunConfig, run: RunPaths, images: pd.DataFrame, parts: l
             [cfg.maps, *cfg.compare_maps], pure=False,
             key=f"asap-patches-{sha[:12]}-{i}",
         ))  # fmt: skip
-    wait(futs)
-    for f in futs:
+    for f in as_completed_watched(client, futs):
         f.result()  # re-raise a failed partition here
     if not todo and run.patterns.exists() and run.faithfulness.exists():
         return {"computed": 0, "reused": True}
@@ -384,6 +383,8 @@ def stage_patterns(cfg: RunConfig, run: RunPaths, images: pd.DataFrame, parts: l
             pattern_impact, paths_of.loc[img_ids].tolist(), [cells[i] for i in img_ids],
             str(run.encoder.resolve()), sha, cfg.device, pcfg.seed + int(pk), pure=False,
         )  # fmt: skip
+    for f in as_completed_watched(client, list(jobs.values())):
+        f.result()
     impacts = {pk: f.result() for pk, f in jobs.items()}
     table = summarize(mem, dims, images, impacts)
     faith = []

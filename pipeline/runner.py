@@ -34,6 +34,7 @@ from .schema import (
     write_json,
     write_table,
 )
+from .watch import as_completed_watched, gather_watched
 
 log = logging.getLogger(__name__)
 # Settings for the workers of ASAP's LocalCluster, both measured by benchmarks/pipeline.py:
@@ -52,6 +53,7 @@ IDENTITY_FIELDS = (
     "encoder",
     "train",
     "encoder_checkpoint",
+    "columns",
     "partition_size",
     "maps",
     "compare_maps",
@@ -136,7 +138,14 @@ def _init_meta(cfg: RunConfig, paths: RunPaths, fresh: bool) -> dict:
         meta = read_run_json(paths.root)
         old = meta["config"]
         new = json.loads(json.dumps(cfg.to_dict()))  # tuples as JSON lists, as stored
-        diff = [k for k in IDENTITY_FIELDS if old.get(k) != new.get(k)]
+        if not paths.images.exists():
+            # nothing was produced (a run that failed before ingest finished): the corrected
+            # command starts afresh instead of being refused for its changed settings
+            meta["config"] = new
+            write_json(paths.run_json, meta)
+            return meta
+        defaults = json.loads(json.dumps(RunConfig(source="", out=".").to_dict()))
+        diff = [k for k in IDENTITY_FIELDS if old.get(k, defaults.get(k)) != new.get(k)]
         if diff:
             raise RunDirectoryError(
                 f"{paths.root} holds a run with different {', '.join(diff)}; resume it with the "
@@ -157,12 +166,15 @@ def _init_meta(cfg: RunConfig, paths: RunPaths, fresh: bool) -> dict:
 
 
 def stage_ingest(cfg: RunConfig, paths: RunPaths, client) -> dict:
-    cands = ingest_mod.discover(cfg.source)
+    found = ingest_mod.discover_source(cfg.source, cfg.columns)
+    cands = found.candidates
     if not cands:
         raise FileNotFoundError(
-            f"no image files found under {cfg.source}; expected e.g. 0_real/ and 1_fake/ folders "
-            "(see `asap run --help`)"
+            f"no images found under {cfg.source}. {ingest_mod.LAYOUT_HELP} "
+            "(see `asap run --help`; `asap scan SOURCE` shows what ASAP finds)"
         )
+    if not any(c.label is not None for c in cands):
+        raise ValueError(ingest_mod.unlabelled_help(cands, cfg.source))
     chunks = [cands[i : i + INGEST_CHUNK] for i in range(0, len(cands), INGEST_CHUNK)]
     futs = client.map(
         ingest_mod.inspect_candidates,
@@ -171,17 +183,29 @@ def stage_ingest(cfg: RunConfig, paths: RunPaths, client) -> dict:
         min_side=cfg.min_side,
         pure=False,
     )
-    results = client.gather(futs)
-    images = ingest_mod.finalize(pd.concat([r[0] for r in results], ignore_index=True))
+    results = gather_watched(client, futs)
+    images, notes = ingest_mod.finalize_with_notes(
+        pd.concat([r[0] for r in results], ignore_index=True)
+    )
     rejects = pd.concat([r[1] for r in results], ignore_index=True)
     if images.empty:
         raise ValueError(
-            f"none of the {len(cands)} files under {cfg.source} could be used; "
+            f"none of the {len(cands)} images under {cfg.source} could be used; "
             f"reasons: {rejects['reason'].value_counts().to_dict()}"
+        )
+    if not cfg.encoder_checkpoint and images["label"].nunique() < 2:
+        have = "real" if images["label"].iloc[0] == 0 else "fake"
+        unlabelled = [c for c in cands if c.label is None]
+        hint = ingest_mod.unlabelled_help(cands, cfg.source) if unlabelled else (
+            f"{ingest_mod.LAYOUT_HELP}, or pass --encoder CKPT to explain with a trained encoder."
+        )  # fmt: skip
+        raise ValueError(
+            f"every usable image under {cfg.source} is {have}: training needs real and fake "
+            f"images. {hint}"
         )
     write_table(paths.rejects, rejects, REJECT_COLUMNS)
     write_table(paths.images, images, IMAGE_COLUMNS)  # written last: marks ingest done
-    return ingest_mod.summarize(images, rejects)
+    return {"layouts": found.layouts, **notes, **ingest_mod.summarize(images, rejects)}
 
 
 def stage_train(cfg: RunConfig, paths: RunPaths, images: pd.DataFrame) -> dict:
@@ -197,8 +221,19 @@ def stage_train(cfg: RunConfig, paths: RunPaths, images: pd.DataFrame) -> dict:
     model = create_encoder(cfg.encoder)
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     info = train_encoder(model, images, cfg.train, device=device)
-    sha = save_encoder(model.cpu(), paths.encoder, extra=info)
+    # the checkpoint holds only what the training determines, so that two identical trainings
+    # give byte-identical files (the same model.sha256); timings live in run.json
+    sha = save_encoder(model.cpu(), paths.encoder, extra=deterministic(info))
     return {"encoder_sha256": sha, "trained": True, **info}
+
+
+def deterministic(info: dict) -> dict:
+    """``info`` without wall-clock fields (keys ending in ``seconds``), recursively."""
+    if isinstance(info, dict):
+        return {k: deterministic(v) for k, v in info.items() if not str(k).endswith("seconds")}
+    if isinstance(info, list):
+        return [deterministic(v) for v in info]
+    return info
 
 
 def partitions(images: pd.DataFrame, size: int) -> list[pd.DataFrame]:
@@ -207,8 +242,6 @@ def partitions(images: pd.DataFrame, size: int) -> list[pd.DataFrame]:
 
 
 def stage_encode(cfg: RunConfig, paths: RunPaths, images: pd.DataFrame, sha: str, client) -> dict:
-    from distributed import as_completed
-
     parts = partitions(images, cfg.partition_size)
     todo = [i for i in range(len(parts)) if not paths.part_features(i).exists()]
     _say(cfg, f"encode+explain: {len(parts)} partitions, {len(parts) - len(todo)} already done")
@@ -247,7 +280,7 @@ def stage_encode(cfg: RunConfig, paths: RunPaths, images: pd.DataFrame, sha: str
     # workers alike) once that many partitions came back, as a crash at a known point would.
     kill_after = int(os.environ.get("ASAP_TEST_KILL_AFTER_PARTS", "0"))
     try:
-        for done, fut in enumerate(as_completed(futs), 1):
+        for done, fut in enumerate(as_completed_watched(client, futs), 1):
             res = fut.result()
             n += res["n"]
             if bar:
@@ -291,7 +324,11 @@ def stage_layout(cfg: RunConfig, paths: RunPaths, images: pd.DataFrame) -> dict:
     write_table(paths.features, feats, FEATURE_COLUMNS)
     joined = feats.merge(images[["id", "label", "generator", "source", "split"]], on="id")
     test = joined[(joined["split"] == "test")]
+    from .schema import read_run_json
+
+    held_out = read_run_json(paths.root).get("stages", {}).get("ingest", {}).get("held_out", "test")
     metrics = {
+        "held_out": held_out,  # what the "test" metrics were computed on
         "test": detection_metrics(test),
         "all_splits": detection_metrics(joined),
         "n_test": len(test),

@@ -94,8 +94,11 @@ def test_manifest_csv_and_parquet(tmp_path):
 
 
 def test_manifest_errors_name_the_problem(tmp_path):
+    pd.DataFrame({"where": ["a.png"]}).to_csv(tmp_path / "m.csv", index=False)
+    with pytest.raises(ValueError, match="no path column.*--path-col"):
+        ingest.discover(tmp_path / "m.csv")
     pd.DataFrame({"file": ["a.png"]}).to_csv(tmp_path / "m.csv", index=False)
-    with pytest.raises(ValueError, match="path"):
+    with pytest.raises(ValueError, match="no label column.*--label-col"):
         ingest.discover(tmp_path / "m.csv")
     pd.DataFrame({"path": ["a.png"], "label": ["maybe"]}).to_csv(tmp_path / "n.csv", index=False)
     with pytest.raises(ValueError, match="maybe"):
