@@ -456,6 +456,11 @@ def main(argv: list[str] | None = None) -> int:
         print("asap: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
     except Exception as e:
+        if type(e).__name__ == "KilledWorker":  # distributed gave up on a task after its retries
+            e = RuntimeError(
+                f"a Dask worker died each time it ran {e} (out of memory?): rerun with a smaller "
+                "--batch-size or --partition-size; the same command resumes what is done"
+            )
         user = isinstance(e, _user_errors()) and not _is_torch_error(e)
         if file_handler is not None:
             log.error("%s: %s", "error" if user else "internal error", e, exc_info=True)

@@ -42,12 +42,13 @@ from .imageio import (
 )
 from .schema import IMAGE_COLUMNS, LABEL_FAKE, LABEL_REAL, REJECT_COLUMNS
 
-REAL_DIRS = {"0_real", "real", "nature"}
-FAKE_DIRS = {"1_fake", "fake", "ai"}
+REAL_DIRS = {"0_real", "real", "reals", "nature", "natural", "authentic", "genuine", "pristine"}
+FAKE_DIRS = {"1_fake", "fake", "fakes", "ai", "generated", "synthetic", "ai_generated",
+             "ai-generated"}  # fmt: skip
 SPLIT_DIRS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test",
-              "eval": "test", "testing": "test", "training": "train"}  # fmt: skip
+              "eval": "test", "testing": "test", "training": "train", "dev": "val"}  # fmt: skip
 LABEL_WORDS = REAL_WORDS | FAKE_WORDS
-MANIFEST_NAMES = {"metadata.csv", "manifest.csv", "labels.csv", "metadata.parquet"}
+TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
 NO_LABEL = (
     "no label: put it under 0_real/1_fake, real/fake or nature/ai, in a generator folder beside a "
     "real/ folder, or list it in a manifest"
@@ -74,6 +75,7 @@ class Candidate:
 class Discovery:
     candidates: list[Candidate]
     layouts: list[str] = field(default_factory=list)  # what was recognised, in words
+    notes: list[str] = field(default_factory=list)  # tables that could not be used, and why
 
 
 def display_path(path: bytes) -> str:
@@ -219,17 +221,22 @@ def _rows_to_candidates(frame: pd.DataFrame, cols, table: str, labels: LabelMap,
 
 
 def _read_table(path: Path) -> pd.DataFrame:
+    suffix = path.suffix.lower()
     try:
-        if path.suffix.lower() == ".parquet":
+        if suffix == ".parquet":
             return pd.read_parquet(path)
-        return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+        if suffix in (".jsonl", ".json"):
+            return pd.read_json(path, lines=suffix == ".jsonl", dtype=False)
+        sep = "\t" if suffix == ".tsv" else ","
+        return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_values=[""])
     except Exception as e:  # pandas/pyarrow raise many types for a malformed file
         raise ValueError(f"cannot read the manifest {path}: {type(e).__name__}: {e}") from e
 
 
-def _manifest_base(manifest: Path, rel_paths: list[str], root: Path | None) -> bytes:
+def _manifest_base(manifest: Path, rel_paths: list[str], root: Path | None) -> bytes | None:
     """The folder that relative paths start from: the manifest's own folder, or (when the first
-    paths are not found there) the nearest folder above it, up to ``root``, where they are."""
+    paths are not found there) the nearest folder above it, up to ``root``, where they are. None
+    when they are found nowhere (inside a folder source, file names are then matched by name)."""
     here = manifest.parent
     probe = [p for p in rel_paths[:20] if p and not os.path.isabs(p)]
     options = [here, *here.parents] if root is not None else [here]
@@ -238,21 +245,38 @@ def _manifest_base(manifest: Path, rel_paths: list[str], root: Path | None) -> b
             return os.fsencode(base)
         if root is not None and base == root:
             break
-    return os.fsencode(here)
+    return None if root is not None and probe else os.fsencode(here)
+
+
+def _by_name(files: list[bytes]) -> dict[bytes, bytes]:
+    """Image file name -> path, for names that occur once under the source."""
+    seen: dict[bytes, bytes | None] = {}
+    for f in files:
+        name = os.path.basename(f)
+        seen[name] = None if name in seen else f
+    return {k: v for k, v in seen.items() if v is not None}
 
 
 def discover_manifest(manifest: Path, columns: ColumnsConfig | None = None,
-                      root: Path | None = None) -> list[Candidate]:  # fmt: skip
+                      root: Path | None = None,
+                      files: list[bytes] | None = None) -> list[Candidate]:  # fmt: skip
+    """Candidates listed by a manifest. Inside a folder source (``root``, its image ``files``),
+    relative paths start from the manifest's folder or a folder above it, or else are matched by
+    file name; the split comes from a column, else from the manifest's name (train.csv)."""
     manifest, columns = Path(manifest), columns or ColumnsConfig()
     df = _read_table(manifest)
     cols = resolve(list(df.columns), columns, f"manifest {manifest}")
     labels = LabelMap(columns, cols.label)
     rel = [text_or_none(v) or "" for v in df[cols.path].tolist()]
     base = _manifest_base(manifest, rel, root)
+    names = _by_name(files or []) if base is None else {}
+    base = base or os.fsencode(manifest.parent)
     paths = []
     for r in rel:
         m = re.fullmatch(r"(.*\.parquet)::(\d+)", r, flags=re.IGNORECASE)
         p = os.fsencode(m.group(1) if m else r)
+        if names and not os.path.isabs(p):
+            p = names.get(os.path.basename(p), os.path.join(base, p))
         p = p if os.path.isabs(p) else os.path.join(base, p)
         if m:  # a shard member, as the explorer exports it
             from .shards import image_columns, shard_schema
@@ -264,7 +288,9 @@ def discover_manifest(manifest: Path, columns: ColumnsConfig | None = None,
     default_source = (
         manifest.parent.name if root is not None and manifest.parent != root else "real"
     )
-    return _rows_to_candidates(df, cols, f"manifest {manifest}", labels, paths, None,
+    words = re.split(r"[-_.]", manifest.stem.lower())
+    split = next((SPLIT_DIRS[w] for w in words if w in SPLIT_DIRS), None)
+    return _rows_to_candidates(df, cols, f"manifest {manifest}", labels, paths, split,
                                default_source)  # fmt: skip
 
 
@@ -304,10 +330,10 @@ def discover_source(source: str | os.PathLike,
     if not src.exists():
         raise FileNotFoundError(f"image source {src} does not exist: pass a folder or a manifest")
     if src.is_file():
-        if src.suffix.lower() not in (".csv", ".parquet"):
+        if src.suffix.lower() not in TABLE_SUFFIXES:
             raise ValueError(
-                f"{src} is a file but not a .csv or .parquet manifest or image shard; pass the "
-                "folder that holds your images, or a manifest"
+                f"{src} is a file but not a manifest ({', '.join(TABLE_SUFFIXES)}) or a Parquet "
+                "image shard; pass the folder that holds your images, or a manifest"
             )
         if src.suffix.lower() == ".parquet" and is_image_shard(src):
             return Discovery(discover_shard(src, columns), ["a Parquet image shard"])
@@ -317,26 +343,39 @@ def discover_source(source: str | os.PathLike,
     images = [p for p in files if _looks_like_image(p)]
     layouts: list[str] = []
     cands = _folder_candidates(src, images, layouts)
-    tables = [Path(os.fsdecode(p)) for p in files if _suffix(p) in (".parquet", ".csv")]
+    tables = [Path(os.fsdecode(p)) for p in files if _suffix(p) in TABLE_SUFFIXES]
     shards = [t for t in tables if t.suffix.lower() == ".parquet" and is_image_shard(t)]
     for t in shards:
         cands += discover_shard(t, columns, src)
     if shards:
         layouts.append(f"Parquet image shards ({len(shards)} files)")
     unlabelled = {c.path: i for i, c in enumerate(cands) if c.label is None}
-    manifests = [t for t in tables if t.name.lower() in MANIFEST_NAMES and t not in shards]
+    manifests = [t for t in tables if t not in shards]
+    notes = []
     if unlabelled and manifests:
-        used = 0
+        # Tables in the folder label the images its folder names do not (ArtiFact's metadata.csv
+        # per subset; train.csv/test.csv beside an images/ folder); a table that is not a
+        # manifest is skipped, and said why when images stay unlabelled.
+        used = []
         for m in manifests:
-            for c in discover_manifest(m, columns, src):
+            try:
+                listed = discover_manifest(m, columns, src, images)
+            except ValueError as e:
+                notes.append(f"{m.relative_to(src)} was not used: {e}")
+                continue
+            n = 0
+            for c in listed:
                 i = unlabelled.pop(c.path, None)
                 if i is not None:
                     cands[i] = c
-                    used += 1
+                    n += 1
+            if n:
+                used.append(m.name)
         if used:
-            layouts.append(f"folders described by manifests ({len(manifests)} metadata files, "
+            shown = ", ".join(sorted(set(used))[:3])
+            layouts.append(f"folders described by manifests ({len(used)} files: {shown}; "
                            "ArtiFact-style)")  # fmt: skip
-    return Discovery(cands, layouts)
+    return Discovery(cands, layouts, notes if unlabelled else [])
 
 
 def discover(source: str | os.PathLike, columns: ColumnsConfig | None = None) -> list[Candidate]:
@@ -344,14 +383,15 @@ def discover(source: str | os.PathLike, columns: ColumnsConfig | None = None) ->
     return discover_source(source, columns).candidates
 
 
-def unlabelled_help(cands: list[Candidate], source, limit: int = 5) -> str:
+def unlabelled_help(cands: list[Candidate], source, limit: int = 5, notes=()) -> str:
     """What to rename, for a source whose images ASAP could not label."""
     missing = [display_path(c.path) for c in cands if c.label is None]
     shown = "\n  ".join(missing[:limit])
     more = f"\n  ... and {len(missing) - limit} more" if len(missing) > limit else ""
+    tables = "".join(f"\n{n}" for n in notes)
     return (
         f"{len(missing)} images under {source} have no label. {LAYOUT_HELP}. "
-        f"The first unlabelled ones:\n  {shown}{more}\n"
+        f"The first unlabelled ones:\n  {shown}{more}{tables}\n"
         "Run `asap scan SOURCE` to see what ASAP recognises."
     )
 

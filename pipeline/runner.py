@@ -174,7 +174,7 @@ def stage_ingest(cfg: RunConfig, paths: RunPaths, client) -> dict:
             "(see `asap run --help`; `asap scan SOURCE` shows what ASAP finds)"
         )
     if not any(c.label is not None for c in cands):
-        raise ValueError(ingest_mod.unlabelled_help(cands, cfg.source))
+        raise ValueError(ingest_mod.unlabelled_help(cands, cfg.source, notes=found.notes))
     chunks = [cands[i : i + INGEST_CHUNK] for i in range(0, len(cands), INGEST_CHUNK)]
     futs = client.map(
         ingest_mod.inspect_candidates,
@@ -196,7 +196,7 @@ def stage_ingest(cfg: RunConfig, paths: RunPaths, client) -> dict:
     if not cfg.encoder_checkpoint and images["label"].nunique() < 2:
         have = "real" if images["label"].iloc[0] == 0 else "fake"
         unlabelled = [c for c in cands if c.label is None]
-        hint = ingest_mod.unlabelled_help(cands, cfg.source) if unlabelled else (
+        hint = ingest_mod.unlabelled_help(cands, cfg.source, notes=found.notes) if unlabelled else (
             f"{ingest_mod.LAYOUT_HELP}, or pass --encoder CKPT to explain with a trained encoder."
         )  # fmt: skip
         raise ValueError(

@@ -85,7 +85,9 @@ def scan(
     if not cands:
         problems.append(f"no images found. {ingest.LAYOUT_HELP}")
     elif unlabelled:
-        problems.append(ingest.unlabelled_help(cands, source, SHOW).split(" Run `asap scan")[0])
+        problems.append(
+            ingest.unlabelled_help(cands, source, SHOW, found.notes).split("\nRun `asap scan")[0]
+        )
     if report.get("images") and (report.get("real") == 0 or report.get("fake") == 0):
         problems.append(
             "only one label among the usable images: `asap run` cannot train on it "

@@ -312,3 +312,72 @@ def test_scan_names_the_first_unlabelled_paths(tmp_path):
     assert "3 images under" in out.stdout and "have no label" in out.stdout
     assert str(Path("mystery") / "sub" / "0.png") in out.stdout
     assert "0_real|1_fake" in out.stdout and "DiffusionForensics" in out.stdout
+
+
+def test_label_folder_synonyms_and_dev_split(tmp_path):
+    png = layouts.Pngs()
+    for rel in (
+        "dev/Authentic/a.png",
+        "dev/Generated/b.png",
+        "train/natural/c.png",
+        "train/synthetic/d.png",
+        "test/REAL/e.png",
+        "test/FAKE/f.png",
+    ):
+        png.write(tmp_path / rel)
+    got = {_rel(tmp_path, c): (c.label, c.split) for c in ingest.discover(tmp_path)}
+    assert got == {
+        "dev/Authentic/a.png": (LABEL_REAL, "val"),
+        "dev/Generated/b.png": (LABEL_FAKE, "val"),
+        "train/natural/c.png": (LABEL_REAL, "train"),
+        "train/synthetic/d.png": (LABEL_FAKE, "train"),
+        "test/REAL/e.png": (LABEL_REAL, "test"),
+        "test/FAKE/f.png": (LABEL_FAKE, "test"),
+    }
+
+
+def test_split_manifests_beside_an_image_folder(tmp_path):
+    """train.csv / test.jsonl naming files that sit in images/: matched by name, split from the
+    manifest's name; a table that is not a manifest is skipped and said why."""
+    png = layouts.Pngs()
+    for i in range(6):
+        png.write(tmp_path / "images" / f"{i}.png")
+    pd.DataFrame(
+        {
+            "filename": ["0.png", "1.png", "2.png"],
+            "label": ["real", "fake", "fake"],
+            "model": ["", "sd21", "kandinsky"],
+        }
+    ).to_csv(tmp_path / "train.csv", index=False)
+    pd.DataFrame({"file_name": ["3.png", "4.png"], "is_fake": [False, True]}).to_json(
+        tmp_path / "test.jsonl", orient="records", lines=True
+    )
+    pd.DataFrame({"score": [1, 2]}).to_csv(tmp_path / "results.csv", index=False)
+    found = ingest.discover_source(tmp_path)
+    got = {_rel(tmp_path, c): (c.label, c.generator, c.split) for c in found.candidates}
+    assert got == {
+        "images/0.png": (LABEL_REAL, "real", "train"),
+        "images/1.png": (LABEL_FAKE, "sd21", "train"),
+        "images/2.png": (LABEL_FAKE, "kandinsky", "train"),
+        "images/3.png": (LABEL_REAL, "real", "test"),
+        "images/4.png": (LABEL_FAKE, "fake", "test"),
+        "images/5.png": (None, "", None),
+    }
+    assert any("results.csv was not used" in n and "no path column" in n for n in found.notes)
+    assert "results.csv was not used" in ingest.unlabelled_help(
+        found.candidates, tmp_path, notes=found.notes
+    )
+
+
+def test_an_exported_selection_of_shard_images_is_a_manifest_again(tmp_path):
+    """The explorer exports shard images by their display name `shard.parquet::ROW`."""
+    stored = layouts.community_forensics(tmp_path / "cf", layouts.Pngs())
+    shard = tmp_path / "cf" / "test-00000-of-00001.parquet"
+    pd.DataFrame(
+        {"path": [f"{shard}::1", "cf/test-00000-of-00001.parquet::2"], "label": [1, 0]}
+    ).to_csv(tmp_path / "selection.csv", index=False)
+    cands = ingest.discover(tmp_path / "selection.csv")
+    assert [read_bytes(c.path) for c in cands] == [
+        stored[(os.fsencode(shard), 1)],
+        stored[(os.fsencode(shard), 2)],
+    ]
