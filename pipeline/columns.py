@@ -170,14 +170,22 @@ def resolve(available: list[str], cfg: ColumnsConfig, table: str, image_cols=())
 class LabelMap:
     """Label values -> LABEL_REAL / LABEL_FAKE, or the values it could not place."""
 
-    def __init__(self, cfg: ColumnsConfig, column: str):
+    def __init__(self, cfg: ColumnsConfig, column: str, names: list[str] | None = None):
         self.real = {str(v).strip().lower() for v in cfg.real_values}
         self.column = column
         self.true_means_real = "real" in column.lower()
+        self.names = names  # a Hugging Face ClassLabel's names: class i is names[i]
 
     def __call__(self, value) -> int | None:
         if value is None or (isinstance(value, float) and value != value):
             return None
+        if self.names and not isinstance(value, bool):
+            try:
+                i = int(value)
+            except (TypeError, ValueError):
+                i = -1
+            if 0 <= i < len(self.names) and str(i) not in self.real:
+                value = self.names[i]  # 0 may well mean "fake": the data set says which
         if isinstance(value, bool):
             real = value if self.true_means_real else not value
             return LABEL_REAL if real else LABEL_FAKE
@@ -195,8 +203,18 @@ class LabelMap:
         except ValueError:
             return None
 
+    def shown(self, value) -> str:
+        """A value as the user knows it: a class index with its name."""
+        try:
+            i = int(value)
+            if self.names and 0 <= i < len(self.names):
+                return f"{i} ({self.names[i]})"
+        except (TypeError, ValueError):
+            pass
+        return str(value)
+
     def error(self, table: str, values: list) -> ValueError:
-        shown = ", ".join(repr(v) for v in values[:8])
+        shown = ", ".join(repr(self.shown(v)) for v in values[:8])
         return ValueError(
             f"{table}: label column {self.column!r} has values ASAP cannot read as real or fake: "
             f"{shown}. Labels may be 0/1, real/fake (and synonyms such as nature/ai, human/"
@@ -210,3 +228,21 @@ def text_or_none(value) -> str | None:
         return None
     text = str(value).strip()
     return text or None
+
+
+def class_names(schema, column: str) -> list[str] | None:
+    """The class names of ``column`` when a Parquet file carries Hugging Face ``datasets``
+    features saying it is a ClassLabel (its integers then index these names)."""
+    import json
+
+    raw = (schema.metadata or {}).get(b"huggingface")
+    if not raw:
+        return None
+    try:
+        meta = json.loads(raw)
+        features = meta.get("info", meta).get("features", {})
+        feature = features.get(column) or {}
+        names = feature.get("names") if feature.get("_type") == "ClassLabel" else None
+    except (ValueError, AttributeError):
+        return None
+    return [str(n) for n in names] if isinstance(names, list) and names else None

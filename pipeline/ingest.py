@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .columns import FAKE_WORDS, REAL_WORDS, LabelMap, resolve, text_or_none
+from .columns import FAKE_WORDS, REAL_WORDS, LabelMap, class_names, resolve, text_or_none
 from .config import ColumnsConfig
 from .imageio import (
     IMAGE_SUFFIXES,
@@ -303,7 +303,7 @@ def discover_shard(shard: Path, columns: ColumnsConfig | None = None,
     schema = shard_schema(shard)
     table = f"Parquet shard {shard}"
     cols = resolve(schema.names, columns, table, image_cols=image_columns(schema))
-    labels = LabelMap(columns, cols.label)
+    labels = LabelMap(columns, cols.label, class_names(schema, cols.label))
     wanted = list(dict.fromkeys(c for c in (cols.label, cols.generator, cols.source, cols.split)
                                 if c))  # fmt: skip
     rel = shard.relative_to(root).parts if root is not None else (shard.name,)

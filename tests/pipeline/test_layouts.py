@@ -381,3 +381,30 @@ def test_an_exported_selection_of_shard_images_is_a_manifest_again(tmp_path):
         stored[(os.fsencode(shard), 1)],
         stored[(os.fsencode(shard), 2)],
     ]
+
+
+def test_huggingface_class_labels_are_read_by_their_names(tmp_path):
+    """A ClassLabel whose class 0 is "fake": the integers follow the names the export carries."""
+    png = layouts.Pngs()
+    table = pa.Table.from_pylist(
+        [dict(image=dict(bytes=png(), path=None), label=i % 2) for i in range(4)]
+    )
+    features = {
+        "image": {"_type": "Image"},
+        "label": {"_type": "ClassLabel", "names": ["AiArtData", "RealArt"]},
+    }
+    table = table.replace_schema_metadata(
+        {b"huggingface": json.dumps({"info": {"features": features}}).encode()}
+    )
+    pq.write_table(table, tmp_path / "train-00000-of-00001.parquet")
+    # neither name is a word ASAP knows: the error says which values, and --real-values fixes it
+    with pytest.raises(ValueError, match="AiArtData.*--real-values"):
+        ingest.discover(tmp_path)
+    cands = ingest.discover(tmp_path, ColumnsConfig(real_values=("RealArt",)))
+    assert [c.label for c in cands] == [LABEL_FAKE, LABEL_REAL, LABEL_FAKE, LABEL_REAL]
+    features["label"]["names"] = ["fake", "real"]
+    table = table.replace_schema_metadata(
+        {b"huggingface": json.dumps({"info": {"features": features}}).encode()}
+    )
+    pq.write_table(table, tmp_path / "train-00000-of-00001.parquet")
+    assert [c.label for c in ingest.discover(tmp_path)] == [LABEL_FAKE, LABEL_REAL] * 2
