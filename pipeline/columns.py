@@ -108,6 +108,10 @@ class Columns:
     name: str | None = None  # a file name stored beside the bytes (shards; for display only)
 
 
+class MissingColumn(ValueError):
+    """A table lacks a column ASAP needs (and none was named on the command line)."""
+
+
 def _pick(names, available, explicit, what, table, required=False, exclude=()):
     low = {c.lower(): c for c in available}
     if explicit:
@@ -122,7 +126,7 @@ def _pick(names, available, explicit, what, table, required=False, exclude=()):
         if n in low and low[n] not in exclude:
             return low[n]
     if required:
-        raise ValueError(
+        raise MissingColumn(
             f"{table} has no {what} column: looked for {', '.join(names[:6])}, ... among its "
             f"columns {list(available)}; name it with --{what}-col"
         )

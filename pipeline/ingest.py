@@ -28,8 +28,17 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
-from .columns import FAKE_WORDS, REAL_WORDS, LabelMap, class_names, resolve, text_or_none
+from .columns import (
+    FAKE_WORDS,
+    REAL_WORDS,
+    LabelMap,
+    MissingColumn,
+    class_names,
+    resolve,
+    text_or_none,
+)
 from .config import ColumnsConfig
 from .imageio import (
     IMAGE_SUFFIXES,
@@ -345,13 +354,23 @@ def discover_source(source: str | os.PathLike,
     cands = _folder_candidates(src, images, layouts)
     tables = [Path(os.fsdecode(p)) for p in files if _suffix(p) in TABLE_SUFFIXES]
     shards = [t for t in tables if t.suffix.lower() == ".parquet" and is_image_shard(t)]
+    notes = []
     for t in shards:
-        cands += discover_shard(t, columns, src)
+        try:
+            cands += discover_shard(t, columns, src)
+        except MissingColumn as e:  # e.g. an unlabelled test shard: its images are rejects
+            from .shards import image_columns, shard_schema
+
+            schema = shard_schema(t)
+            column = columns.image_col or image_columns(schema)[0]
+            rows = pq.ParquetFile(t).metadata.num_rows
+            cands += [Candidate(member_ref(os.fsencode(t), i, column), None, "", "", None)
+                      for i in range(rows)]  # fmt: skip
+            notes.append(f"{t.relative_to(src)}: {e}")
     if shards:
         layouts.append(f"Parquet image shards ({len(shards)} files)")
     unlabelled = {c.path: i for i, c in enumerate(cands) if c.label is None}
     manifests = [t for t in tables if t not in shards]
-    notes = []
     if unlabelled and manifests:
         # Tables in the folder label the images its folder names do not (ArtiFact's metadata.csv
         # per subset; train.csv/test.csv beside an images/ folder); a table that is not a

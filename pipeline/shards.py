@@ -10,6 +10,7 @@ decode one row group once. The bytes then go through the same decoder and checks
 
 from __future__ import annotations
 
+import bisect
 import os
 import threading
 from collections import OrderedDict
@@ -97,7 +98,7 @@ def read_member(file: bytes, row: int, column: str) -> bytes:
                 _offsets[stamp] = starts
         if not 0 <= row < starts[-1]:
             raise ImageRejected(f"row {row} is not in the shard (it has {starts[-1]} rows)")
-        g = max(i for i in range(len(starts) - 1) if starts[i] <= row)
+        g = bisect.bisect_right(starts, row) - 1
         key = (*stamp, g, column)
         with _lock:
             cells = _groups.get(key)

@@ -408,3 +408,23 @@ def test_huggingface_class_labels_are_read_by_their_names(tmp_path):
     )
     pq.write_table(table, tmp_path / "train-00000-of-00001.parquet")
     assert [c.label for c in ingest.discover(tmp_path)] == [LABEL_FAKE, LABEL_REAL] * 2
+
+
+def test_a_shard_without_labels_beside_labelled_ones(tmp_path):
+    """An unlabelled test shard does not stop the others: its images become 'no label' rejects,
+    and the message says why."""
+    png = layouts.Pngs()
+    pq.write_table(
+        pa.Table.from_pylist([dict(image_data=png(), label=i % 2) for i in range(4)]),
+        tmp_path / "train-0.parquet",
+    )
+    pq.write_table(
+        pa.Table.from_pylist([dict(image_data=png(), id=i) for i in range(3)]),
+        tmp_path / "test-0.parquet",
+    )
+    found = ingest.discover_source(tmp_path)
+    labels = [c.label for c in found.candidates]
+    assert labels.count(None) == 3 and labels.count(LABEL_REAL) == 2
+    assert any("test-0.parquet" in n and "no label column" in n for n in found.notes)
+    _, rejects = ingest.inspect_candidates(found.candidates, 10**8, 8)
+    assert len(rejects) == 3 and set(rejects["reason"]) == {ingest.NO_LABEL}
