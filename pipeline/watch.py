@@ -14,8 +14,9 @@ class WorkersGone(ConnectionError):
 
 
 class _Watch:
-    def __init__(self, client, gone_s: float = WORKERS_GONE_S):
-        self.client, self.gone_s, self.since = client, gone_s, None
+    def __init__(self, client, gone_s: float | None = None):
+        self.client, self.since = client, None
+        self.gone_s = WORKERS_GONE_S if gone_s is None else gone_s
 
     def check(self) -> None:
         try:
@@ -36,12 +37,13 @@ class _Watch:
             )
 
 
-def as_completed_watched(client, futures, poll_s: float = POLL_S, gone_s: float = WORKERS_GONE_S):
+def as_completed_watched(client, futures, poll_s: float | None = None, gone_s: float | None = None):
     """Yield futures as they finish; raise WorkersGone when no worker has been connected for
     ``gone_s`` seconds while some are still pending."""
     from distributed import wait
 
     watch = _Watch(client, gone_s)
+    poll_s = POLL_S if poll_s is None else poll_s
     pending = set(futures)
     while pending:
         try:

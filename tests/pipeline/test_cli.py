@@ -198,3 +198,23 @@ def test_a_cluster_without_workers_is_reported_not_waited_on():
         fut = client.submit(sum, [1, 2], pure=False)
         with pytest.raises(WorkersGone, match="no worker"):
             list(as_completed_watched(client, [fut], poll_s=0.1, gone_s=0.5))
+
+
+def test_a_run_on_a_cluster_that_lost_its_workers_stops_with_a_message(
+    tmp_path, monkeypatch, source
+):
+    from distributed import LocalCluster
+
+    from pipeline import watch
+
+    monkeypatch.setattr(watch, "POLL_S", 0.1)
+    monkeypatch.setattr(watch, "WORKERS_GONE_S", 0.5)
+    with LocalCluster(n_workers=0, processes=False, dashboard_address=":0") as cluster:
+        cfg = RunConfig(
+            source=str(source),
+            out=str(tmp_path / "run"),
+            progress=False,
+            scheduler=cluster.scheduler_address,
+        )
+        with pytest.raises(watch.WorkersGone, match="no worker for"):
+            runner.run_pipeline(cfg)
