@@ -26,6 +26,11 @@ PATH_NAMES = (
     "image",
     "img",
     "image_name",
+    "image_file",
+    "image_filename",
+    "img_name",
+    "relative_path",
+    "rel_path",
 )
 IMAGE_NAMES = (
     "image",
@@ -51,6 +56,15 @@ LABEL_NAMES = (
     "labels",
     "is_real",
     "real",
+    "generated",
+    "is_ai_generated",
+    "ai_generated",
+    "is_synthetic",
+    "synthetic",
+    "class_name",
+    "label_name",
+    "gt",
+    "ground_truth",
 )
 GENERATOR_NAMES = (
     "generator",
@@ -58,7 +72,12 @@ GENERATOR_NAMES = (
     "model_name",
     "generator_name",
     "generator_model",
+    "gen_model",
+    "generation_model",
+    "source_model",
+    "model_id",
     "method",
+    "algorithm",
     "category",
 )
 SOURCE_NAMES = ("source", "dataset", "data_source", "domain", "category", "subset")
@@ -179,10 +198,33 @@ class LabelMap:
         self.column = column
         self.true_means_real = "real" in column.lower()
         self.names = names  # a Hugging Face ClassLabel's names: class i is names[i]
+        # a label column of "real" and generator names (real, sdxl, midjourney): see fit
+        self.others_fake = False
+
+    def fit(self, values) -> LabelMap:
+        """Look at all of a column's distinct values once: when some mean real, none is a fake
+        word and the rest are unknown, the column names the generator of each fake."""
+        placed = [self._place(v) for v in values if text_or_none(v)]
+        labels = {label for label, _ in placed}
+        self.others_fake = not self.real and LABEL_REAL in labels and None in labels and (
+            LABEL_FAKE not in labels
+        )  # fmt: skip
+        return self
+
+    def generator_of(self, value) -> str | None:
+        """The generator a label value names (fit found a real/generator-name column)."""
+        label, text = self._place(value)
+        return text_or_none(value) if self.others_fake and label is None and text else None
 
     def __call__(self, value) -> int | None:
+        label, text = self._place(value)
+        if label is None and text and self.others_fake:
+            return LABEL_FAKE
+        return label
+
+    def _place(self, value) -> tuple[int | None, str]:
         if value is None or (isinstance(value, float) and value != value):
-            return None
+            return None, ""
         if self.names and not isinstance(value, bool):
             try:
                 i = int(value)
@@ -192,20 +234,20 @@ class LabelMap:
                 value = self.names[i]  # 0 may well mean "fake": the data set says which
         if isinstance(value, bool):
             real = value if self.true_means_real else not value
-            return LABEL_REAL if real else LABEL_FAKE
+            return (LABEL_REAL if real else LABEL_FAKE), str(value)
         text = str(value).strip().lower()
         if isinstance(value, float) and value.is_integer():
             text = str(int(value))
         if self.real:
-            return LABEL_REAL if text in self.real else LABEL_FAKE
+            return (LABEL_REAL if text in self.real else LABEL_FAKE), text
         if text in REAL_WORDS:
-            return LABEL_REAL
+            return LABEL_REAL, text
         if text in FAKE_WORDS:
-            return LABEL_FAKE
+            return LABEL_FAKE, text
         try:  # integer classes: 0 is real, every other class is a kind of fake (ArtiFact)
-            return LABEL_REAL if int(text) == 0 else LABEL_FAKE
+            return (LABEL_REAL if int(text) == 0 else LABEL_FAKE), text
         except ValueError:
-            return None
+            return None, text
 
     def shown(self, value) -> str:
         """A value as the user knows it: a class index with its name."""

@@ -213,8 +213,9 @@ def _rows_to_candidates(frame: pd.DataFrame, cols, table: str, labels: LabelMap,
     srcs = frame[cols.source].tolist() if cols.source else [None] * len(frame)
     splits = frame[cols.split].tolist() if cols.split else [None] * len(frame)
     out = []
-    for path, label, g, s, sp in zip(paths, mapped, gens, srcs, splits):
+    for path, label, lab, g, s, sp in zip(paths, mapped, raw, gens, srcs, splits):
         g, s = text_or_none(g), text_or_none(s)
+        g = g or labels.generator_of(lab)
         if label == LABEL_FAKE:
             generator = g if g and g.lower() not in REAL_WORDS else "fake"
             source = s or generator
@@ -275,7 +276,7 @@ def discover_manifest(manifest: Path, columns: ColumnsConfig | None = None,
     manifest, columns = Path(manifest), columns or ColumnsConfig()
     df = _read_table(manifest)
     cols = resolve(list(df.columns), columns, f"manifest {manifest}")
-    labels = LabelMap(columns, cols.label)
+    labels = LabelMap(columns, cols.label).fit(df[cols.label].unique().tolist())
     rel = [text_or_none(v) or "" for v in df[cols.path].tolist()]
     base = _manifest_base(manifest, rel, root)
     names = _by_name(files or []) if base is None else {}
@@ -304,8 +305,9 @@ def discover_manifest(manifest: Path, columns: ColumnsConfig | None = None,
 
 
 def discover_shard(shard: Path, columns: ColumnsConfig | None = None,
-                   root: Path | None = None) -> list[Candidate]:  # fmt: skip
-    """Candidates for the images inside one Parquet shard, reading only its small columns."""
+                   root: Path | None = None, label_values=None) -> list[Candidate]:  # fmt: skip
+    """Candidates for the images inside one Parquet shard, reading only its small columns.
+    ``label_values``: the distinct labels of every shard of the set (else of this one)."""
     from .shards import image_columns, iter_columns, shard_schema
 
     columns = columns or ColumnsConfig()
@@ -313,6 +315,9 @@ def discover_shard(shard: Path, columns: ColumnsConfig | None = None,
     table = f"Parquet shard {shard}"
     cols = resolve(schema.names, columns, table, image_cols=image_columns(schema))
     labels = LabelMap(columns, cols.label, class_names(schema, cols.label))
+    if label_values is None:
+        label_values = label_set(shard, cols.label)
+    labels.fit(label_values)
     wanted = list(dict.fromkeys(c for c in (cols.label, cols.generator, cols.source, cols.split)
                                 if c))  # fmt: skip
     rel = shard.relative_to(root).parts if root is not None else (shard.name,)
@@ -328,11 +333,16 @@ def discover_shard(shard: Path, columns: ColumnsConfig | None = None,
     return out
 
 
+def label_set(shard: Path, column: str) -> set:
+    """The distinct values of a shard's label column (one small column, read once)."""
+    return set(pq.read_table(shard, columns=[column]).column(0).unique().to_pylist())
+
+
 def discover_source(source: str | os.PathLike,
                     columns: ColumnsConfig | None = None) -> Discovery:  # fmt: skip
     """Candidates from an image folder, a CSV/Parquet manifest or a Parquet image shard, and the
     layouts recognised."""
-    from .shards import is_image_shard
+    from .shards import image_columns, is_image_shard, shard_schema
 
     columns = columns or ColumnsConfig()
     src = Path(source)
@@ -355,12 +365,17 @@ def discover_source(source: str | os.PathLike,
     tables = [Path(os.fsdecode(p)) for p in files if _suffix(p) in TABLE_SUFFIXES]
     shards = [t for t in tables if t.suffix.lower() == ".parquet" and is_image_shard(t)]
     notes = []
+    values = set()  # the distinct labels of all shards, so that every shard reads them alike
     for t in shards:
         try:
-            cands += discover_shard(t, columns, src)
+            cols = resolve(shard_schema(t).names, columns, str(t), image_columns(shard_schema(t)))
+            values |= label_set(t, cols.label)
+        except ValueError:
+            pass  # reported below, shard by shard
+    for t in shards:
+        try:
+            cands += discover_shard(t, columns, src, values)
         except MissingColumn as e:  # e.g. an unlabelled test shard: its images are rejects
-            from .shards import image_columns, shard_schema
-
             schema = shard_schema(t)
             column = columns.image_col or image_columns(schema)[0]
             rows = pq.ParquetFile(t).metadata.num_rows

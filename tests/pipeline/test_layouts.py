@@ -124,9 +124,14 @@ def test_manifest_with_any_column_names(tmp_path):
         (LABEL_FAKE, "sdxl", "lab", "val"),
         (LABEL_FAKE, "flux", "lab", "test"),
     ]
-    # without --real-values these labels mean nothing: the error names them and the option
-    with pytest.raises(ValueError, match="synthetic-v1.*--real-values"):
-        ingest.discover(tmp_path / "m.csv", ColumnsConfig(path_col="file", label_col="verdict"))
+    # without --real-values: "authentic" means real, so the other values name fakes' generators
+    # (no generator column named here)
+    got = ingest.discover(tmp_path / "m.csv", ColumnsConfig(path_col="file", label_col="verdict"))
+    assert [(c.label, c.generator) for c in got] == [
+        (LABEL_REAL, "real"),
+        (LABEL_FAKE, "synthetic-v1"),
+        (LABEL_FAKE, "synthetic-v2"),
+    ]
     # a column named on the command line that is not there: the error lists the columns
     with pytest.raises(ValueError, match="no column 'kind'.*verdict"):
         ingest.discover(tmp_path / "m.csv", ColumnsConfig(label_col="kind"))
@@ -428,3 +433,38 @@ def test_a_shard_without_labels_beside_labelled_ones(tmp_path):
     assert any("test-0.parquet" in n and "no label column" in n for n in found.notes)
     _, rejects = ingest.inspect_candidates(found.candidates, 10**8, 8)
     assert len(rejects) == 3 and set(rejects["reason"]) == {ingest.NO_LABEL}
+
+
+def test_a_label_column_of_real_and_generator_names(tmp_path):
+    """label in {real, sdxl, midjourney}: 'real' is real and every other value a fake's generator,
+    also across shards where one holds no real image at all."""
+    png = layouts.Pngs()
+    for i in range(3):
+        png.write(tmp_path / "m" / f"{i}.png")
+    pd.DataFrame(
+        {"path": ["0.png", "1.png", "2.png"], "label": ["Real", "sdxl", "midjourney"]}
+    ).to_csv(tmp_path / "m" / "list.csv", index=False)
+    got = [(c.label, c.generator) for c in ingest.discover(tmp_path / "m" / "list.csv")]
+    assert got == [(LABEL_REAL, "real"), (LABEL_FAKE, "sdxl"), (LABEL_FAKE, "midjourney")]
+    (tmp_path / "s").mkdir()
+    pq.write_table(
+        pa.Table.from_pylist([dict(image=png(), label=v) for v in ("real", "sdxl")]),
+        tmp_path / "s" / "train-0.parquet",
+    )
+    pq.write_table(
+        pa.Table.from_pylist([dict(image=png(), label="dalle3") for _ in range(2)]),
+        tmp_path / "s" / "train-1.parquet",
+    )
+    got = [(c.label, c.generator) for c in ingest.discover(tmp_path / "s")]
+    assert got == [
+        (LABEL_REAL, "real"),
+        (LABEL_FAKE, "sdxl"),
+        (LABEL_FAKE, "dalle3"),
+        (LABEL_FAKE, "dalle3"),
+    ]
+    # with no value that means real, nothing can be placed: the error still asks
+    pd.DataFrame({"path": ["0.png", "1.png"], "label": ["sdxl", "flux"]}).to_csv(
+        tmp_path / "m" / "list.csv", index=False
+    )
+    with pytest.raises(ValueError, match="sdxl.*--real-values"):
+        ingest.discover(tmp_path / "m" / "list.csv")
