@@ -112,8 +112,17 @@ def _looks_like_image(path: bytes) -> bool:
 
 
 def _label_of(name: str) -> int | None:
-    low = name.lower()
-    return LABEL_REAL if low in REAL_DIRS else LABEL_FAKE if low in FAKE_DIRS else None
+    """The label a folder name means: real/fake and synonyms, also numbered or suffixed
+    (``0_real``, ``2-fake``, ``real_images``, ``Fake Images``)."""
+    low = name.lower().strip()
+    bare = re.sub(r"^\d+[_\-. ]+", "", low)
+    bare_suffix = re.sub(r"[_\-. ]+(images?|imgs?|photos?|pictures?|samples?|data)$", "", bare)
+    for word in (low, bare, bare_suffix):
+        if word in REAL_DIRS:
+            return LABEL_REAL
+        if word in FAKE_DIRS:
+            return LABEL_FAKE
+    return None
 
 
 def _split_of(text: str | None) -> str | None:

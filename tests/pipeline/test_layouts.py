@@ -328,6 +328,9 @@ def test_label_folder_synonyms_and_dev_split(tmp_path):
         "train/synthetic/d.png",
         "test/REAL/e.png",
         "test/FAKE/f.png",
+        "eval/Real Images/g.png",
+        "eval/2_fake_imgs/h.png",
+        "eval/1_airplane/i.png",
     ):
         png.write(tmp_path / rel)
     got = {_rel(tmp_path, c): (c.label, c.split) for c in ingest.discover(tmp_path)}
@@ -338,6 +341,9 @@ def test_label_folder_synonyms_and_dev_split(tmp_path):
         "train/synthetic/d.png": (LABEL_FAKE, "train"),
         "test/REAL/e.png": (LABEL_REAL, "test"),
         "test/FAKE/f.png": (LABEL_FAKE, "test"),
+        "eval/Real Images/g.png": (LABEL_REAL, "test"),
+        "eval/2_fake_imgs/h.png": (LABEL_FAKE, "test"),
+        "eval/1_airplane/i.png": (None, "test"),
     }
 
 
