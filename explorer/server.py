@@ -1,8 +1,50 @@
-"""`asap serve RUN_DIR`: validate the run, then serve the explorer with one App per session."""
+"""`asap serve RUN_DIR`: validate the run, then serve the explorer with one App per session.
+
+Safe by default: the server listens on 127.0.0.1 only, unless ``--address`` says otherwise, and
+answers only requests whose Host header names this server (loopback names, the ``--address``
+given, and the hosts of ``--allow-websocket-origin``): a web page elsewhere cannot reach it
+through DNS rebinding."""
 
 from __future__ import annotations
 
 from pipeline.schema import open_run
+
+LOOPBACK = "127.0.0.1"
+
+
+def allowed_hosts(port: int, address: str | None, origins: tuple[str, ...]) -> set[str]:
+    """Host header values (lower case, with and without the port) this server answers."""
+    names = {"localhost", "127.0.0.1", "[::1]"}
+    if address and address not in ("0.0.0.0", "::", ""):
+        names.add(f"[{address}]" if ":" in address else address)
+    hosts = {f"{n}:{port}" for n in names}
+    if port == 80:
+        hosts |= names
+    for o in origins:
+        o = o.lower().split("://")[-1].rstrip("/")
+        hosts |= {o} if ":" in o.rsplit("]", 1)[-1] else {o, f"{o}:{port}"}
+    return {h.lower() for h in hosts}
+
+
+def _host_guard(app, hosts: set[str]) -> None:
+    """Put a rule before every route of the Tornado application: a request whose Host header
+    is not one of ``hosts`` gets 403 and never reaches the app."""
+    from tornado.routing import Matcher, Rule
+    from tornado.web import RequestHandler
+
+    class BadHost(Matcher):
+        def match(self, request):
+            return None if (request.host or "").lower() in hosts else {}
+
+    class Forbidden(RequestHandler):
+        def prepare(self):
+            self.set_status(403)
+            self.finish(
+                "ASAP explorer: this Host is not allowed. Open it as http://localhost:PORT, or "
+                "start `asap serve` with --address and --allow-websocket-origin HOST:PORT.\n"
+            )
+
+    app.wildcard_router.rules.insert(0, Rule(BadHost(), Forbidden))
 
 
 def serve(run_dir: str, port: int = 5006, address: str | None = None, show: bool = False,
@@ -13,18 +55,26 @@ def serve(run_dir: str, port: int = 5006, address: str | None = None, show: bool
     from .app import create_app
 
     open_run(run_dir)  # fail on the command line, not only in the page
-    print(f"ASAP explorer for {run_dir}: http://{address or 'localhost'}:{port}/asap", flush=True)
+    address = address or LOOPBACK
+    shown = "localhost" if address == LOOPBACK else address
+    print(f"ASAP explorer for {run_dir}: http://{shown}:{port}/asap", flush=True)
 
     def session():  # a plain function: Panel calls it once per browser session
         return create_app(str(run_dir), tuple(image_roots))
 
-    pn.serve(
+    server = pn.serve(
         {"asap": session},
         port=port,
         address=address,
-        show=show,
+        show=False,
+        start=False,
         title="ASAP explorer",
         # Bokeh accepts only localhost:PORT by default; 127.0.0.1 is the same machine
         websocket_origin=list(origins) or [f"localhost:{port}", f"127.0.0.1:{port}"],
         threaded=False,
     )
+    _host_guard(server._tornado, allowed_hosts(port, address, origins))
+    server.start()
+    if show:
+        server.show("/asap")
+    server.io_loop.start()

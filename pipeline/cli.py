@@ -184,7 +184,9 @@ def _add_serve(sub) -> None:
     )
     p.add_argument("run", help="run directory")
     p.add_argument("--port", type=int, default=5006)
-    p.add_argument("--address", default=None, help="address to listen on (default: localhost)")
+    p.add_argument("--address", default=None,
+                   help="address to listen on (default: 127.0.0.1, this machine only); for "
+                   "remote access also pass --allow-websocket-origin HOST:PORT")  # fmt: skip
     p.add_argument("--show", action="store_true", help="open a browser tab")
     p.add_argument("--image-root", action="append", default=[],
                    help="another folder the app may read images from (repeatable)")  # fmt: skip

@@ -1,0 +1,69 @@
+"""`asap serve` is safe by default: it listens on 127.0.0.1 only and answers only requests whose
+Host header names it (no DNS rebinding); --address and --allow-websocket-origin open it up."""
+
+from __future__ import annotations
+
+import http.client
+import subprocess
+import sys
+
+import psutil
+import pytest
+
+from explorer.server import allowed_hosts
+from tests.explorer.test_browser import free_port, wait_for_port
+
+
+def _get(port: int, host: str, path: str = "/asap") -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    conn.request("GET", path, headers={"Host": host})
+    status = conn.getresponse().status
+    conn.close()
+    return status
+
+
+@pytest.fixture(scope="module")
+def served(patterned_run):
+    port = free_port()
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipeline.cli",
+        "serve",
+        str(patterned_run[0]),
+        "--port",
+        str(port),
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for_port(port, proc)
+        yield port, proc
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_listens_on_loopback_only(served):
+    port, proc = served
+    listening = {
+        c.laddr.ip
+        for c in psutil.Process(proc.pid).net_connections("inet")
+        if c.status == psutil.CONN_LISTEN and c.laddr.port == port
+    }
+    assert listening == {"127.0.0.1"}
+
+
+def test_foreign_host_headers_are_refused(served):
+    port, _ = served
+    assert _get(port, f"127.0.0.1:{port}") == 200
+    assert _get(port, f"localhost:{port}") == 200
+    assert _get(port, f"evil.example:{port}") == 403
+    assert _get(port, "evil.example", "/static/js/bokeh.min.js") == 403
+    assert _get(port, f"127.0.0.1:{port + 1}") == 403
+
+
+def test_allowed_hosts_follow_the_options():
+    assert allowed_hosts(5006, None, ()) == {"localhost:5006", "127.0.0.1:5006", "[::1]:5006"}
+    opened = allowed_hosts(5006, "10.0.0.5", ("box.lan:5006", "https://viewer.example"))
+    assert {"10.0.0.5:5006", "box.lan:5006", "viewer.example", "viewer.example:5006"} <= opened
+    assert "0.0.0.0:5006" not in allowed_hosts(5006, "0.0.0.0", ())
