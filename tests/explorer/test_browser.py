@@ -203,6 +203,27 @@ def test_error_page_for_a_bad_run(browser, tmp_path):
         proc.wait(10)
 
 
+def test_a_panel_option_after_args_gets_a_page_not_an_exit(browser, patterned_run):
+    """`panel serve explorer/serve.py --args RUN --port 5098`: Panel hands --port to the app,
+    which says where it belongs; the server keeps serving."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "panel", "serve", "explorer/serve.py", "--port", str(port),
+           "--args", str(patterned_run[0]), "--port", "5098"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for_port(port, proc)
+        for _ in range(2):  # a second request still finds the server
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{port}/serve")
+            page.get_by_text("put Panel's options").wait_for(timeout=60_000)
+            assert "--port 5098" in page.get_by_text("put Panel's options").inner_text()
+            page.close()
+        assert proc.poll() is None
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
 def test_fake_map_method_switch_and_share_link(server, browser):
     """Switching the fake map's method redraws the images, names the method next to them, and the
     share link reopens the same method."""
