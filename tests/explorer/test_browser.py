@@ -134,6 +134,22 @@ def test_page_loads_and_overview_draws(server, browser):
     assert p.errors == []
 
 
+def test_every_asset_comes_from_the_server_itself(server, browser):
+    """No CDN: every request the page makes, on load and on every tab, goes to ASAP's server."""
+    page = browser.new_page(viewport={"width": 1500, "height": 1000})
+    requests = []
+    page.on("request", lambda r: requests.append(r.url))
+    page.goto(server)
+    page.get_by_text(re.compile(r"images \(.*\) ·")).wait_for(timeout=90_000)
+    for i in range(page.locator(".bk-tab").count()):
+        page.locator(".bk-tab").nth(i).click()
+        page.wait_for_timeout(500)
+    page.close()
+    own = server.split("/asap")[0]
+    foreign = [u for u in requests if not (u.startswith(own) or u.startswith(("data:", "blob:")))]
+    assert len(requests) > 5 and foreign == []
+
+
 def test_box_selection_drives_every_view(server, browser):
     p = Page(browser, server)
     page = p.page
