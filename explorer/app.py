@@ -41,8 +41,13 @@ class App:
 
     def __init__(self, run_dir: str, image_roots: tuple[str, ...] = (), sync_url: bool = True):
         self.store = DataStore(run_dir, image_roots)
-        if sync_url and pn.state.location is not None:
-            pn.state.location.sync(self.store, {k: k for k in URL_STATE})
+        loc = pn.state.location if sync_url else None
+        if loc is not None:
+            # a link's values that param refuses (an unknown colour) are retried one by one and
+            # dropped with a notice (DataStore.apply_link_state); degenerate viewports and unknown
+            # patterns are dropped by the store itself: a bad link never gives a blank page
+            params = {k: k for k in URL_STATE}
+            loc.sync(self.store, params, on_error=self.store.apply_link_state)
 
         self.overview = OverviewView(self.store)
         self.images = ImageView(self.store)
@@ -78,7 +83,15 @@ class App:
         metrics = s.run.metrics.get("test", {}).get("overall", {})
         facts = ", ".join(f"{k} {metrics[k]:.2f}" for k in ("accuracy", "ap", "auc")
                           if isinstance(metrics.get(k), (int, float)))  # fmt: skip
+        notice = pn.pane.Alert(
+            pn.bind(lambda n: "**Not shown from the link:**  \n" + "  \n".join(n), s.param.notices),
+            alert_type="warning",
+            visible=pn.bind(bool, s.param.notices),
+            css_classes=["asap-link-notice"],
+            sizing_mode="stretch_width",
+        )
         return [
+            notice,
             pn.pane.Markdown(f"**Run** `{s.run_dir}`  \n{len(s.points):,} images  \n{facts}"),
             pn.pane.Markdown("### Filters"),
             filters,

@@ -76,6 +76,8 @@ class DataStore(pn.viewable.Viewer):
     x_range = param.Range(default=None, doc="overview viewport (kept in the URL)")
     y_range = param.Range(default=None)
     pattern = param.Integer(default=None, allow_None=True, doc="pattern highlighted")
+    # what a shared link asked for that could not be shown (out of range, unknown), said in words
+    notices = param.List(default=[], precedence=-1)
 
     # derived; views depend on these counters rather than on arrays
     filter_version = param.Integer(default=0, precedence=-1)
@@ -99,6 +101,56 @@ class DataStore(pn.viewable.Viewer):
         self.mask = np.ones(len(self.points), bool)
         self._selection: np.ndarray | None = None
         self._update_mask()
+
+    # ----- state from a link ---------------------------------------------------------------------
+    def valid_range(self, axis: str, value) -> str | None:
+        """Why a viewport range cannot be shown (None when it can): two finite numbers, low below
+        high, neither a speck nor far beyond the data."""
+        if value is None:
+            return None
+        coords = self.points.x if axis == "x" else self.points.y
+        lo_d, hi_d = (float(coords.min()), float(coords.max())) if len(coords) else (0.0, 1.0)
+        extent = max(hi_d - lo_d, 1e-9)
+        try:
+            lo, hi = (float(v) for v in value)
+        except (TypeError, ValueError):
+            return "not two numbers"
+        if not (np.isfinite(lo) and np.isfinite(hi)) or not lo < hi:
+            return "empty or reversed"
+        if hi - lo < extent * 1e-9 or hi - lo > extent * 1e6:
+            return "too small or too large for the data"
+        if hi < lo_d - 10 * extent or lo > hi_d + 10 * extent:
+            return "far outside the data"
+        return None
+
+    def _notice(self, text: str) -> None:
+        if text not in self.notices:
+            self.notices = [*self.notices, text]
+
+    def apply_link_state(self, values: dict) -> None:
+        """Set what a shared link asks for, one parameter at a time: a value that param refuses
+        is left out and named in ``notices`` (the rest of the link still applies)."""
+        for name, value in values.items():
+            try:
+                self.param.update(**{name: value})
+            except Exception as e:  # param says why a value does not fit
+                self._notice(f"{name}={value!r} was ignored: {str(e).split('. ')[0]}")
+
+    @param.depends("x_range", "y_range", "pattern", watch=True)
+    def _drop_unshowable(self) -> None:
+        """A viewport that is empty, reversed, a speck or far off the data, and a pattern the run
+        does not have, fall back to the default view with a notice."""
+        for axis in ("x", "y"):
+            value = getattr(self, f"{axis}_range")
+            why = self.valid_range(axis, value)
+            if why:
+                self._notice(f"{axis}_range={list(value)!r} was ignored: {why}")
+                setattr(self, f"{axis}_range", None)
+        if self.pattern is not None:
+            known = set() if self.patterns is None else set(self.patterns.patterns["pattern"])
+            if int(self.pattern) not in known:
+                self._notice(f"pattern={self.pattern} was ignored: no such pattern in this run")
+                self.pattern = None
 
     # ----- relevance maps -----------------------------------------------------------------------
     def maps(self, rows: np.ndarray, channel: int) -> np.ndarray:

@@ -146,3 +146,30 @@ def test_pattern_view_and_whatif_masking(patterned_run):
     app.whatif.run_rescore()
     before, after = (float(v) for v in re.findall(r"\*\*([\d.]+)\*\*", app.whatif.result))
     assert before > 0.9 and after < before, app.whatif.result
+
+
+def test_a_bad_link_is_dropped_value_by_value_with_notices(patterned_run):
+    """Degenerate viewports, an unknown pattern and a bad colour name are ignored and named; the
+    link's other values still apply; good values pass untouched."""
+    from explorer.datastore import DataStore
+
+    s = DataStore(str(patterned_run[0]))
+    s.x_range, s.y_range, s.pattern = (1.0, 0.0), (1e308, -1e308), 999
+    s.apply_link_state({"color_by": "purple", "labels": ["real"]})
+    assert (s.x_range, s.y_range, s.pattern, s.color_by) == (None, None, None, "label")
+    assert s.labels == ["real"]
+    text = "\n".join(s.notices)
+    for words in ("x_range=[1.0, 0.0] was ignored: empty or reversed",
+                  "y_range=[1e+308, -1e+308] was ignored", "pattern=999 was ignored",
+                  "color_by='purple' was ignored"):  # fmt: skip
+        assert words in text
+    assert len(s.notices) == 4
+    s.apply_link_state({"color_by": "purple"})  # the same notice is not repeated
+    assert len(s.notices) == 4
+    x = s.points.x
+    s.x_range = (float(x.min()), float(x.max()))
+    s.x_range = (float(x.min()), float(x.min()) + 1e-30)  # a speck
+    s.pattern = int(s.patterns.patterns["pattern"].iloc[0])
+    assert s.x_range is None and s.pattern is not None and len(s.notices) == 5
+    s.x_range = (float(x.min()), float(x.max()))
+    assert s.x_range == (float(x.min()), float(x.max()))

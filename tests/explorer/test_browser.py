@@ -150,6 +150,19 @@ def test_every_asset_comes_from_the_server_itself(server, browser):
     assert len(requests) > 5 and foreign == []
 
 
+def test_a_bad_link_gives_a_page_with_a_notice(server, browser):
+    bad = ('?x_range=[1,0]&y_range=[1e308,-1e308]&pattern=999&color_by="purple"'
+           '&labels=["real"]')  # fmt: skip
+    p = Page(browser, server + bad)
+    assert p.wait_summary(r"^400 images").startswith("400 images")  # the good part applied
+    notice = p.page.get_by_text("Not shown from the link")
+    notice.wait_for(timeout=30_000)
+    assert settle(p, lambda: p.overview_pixels().std() > 10), "the overview stayed blank"
+    for words in ("x_range=[1, 0] was ignored", "pattern=999 was ignored", "purple"):
+        assert p.page.get_by_text(words).count() >= 1, words
+    assert p.errors == []
+
+
 def test_box_selection_drives_every_view(server, browser):
     p = Page(browser, server)
     page = p.page
