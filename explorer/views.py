@@ -158,8 +158,7 @@ class DimensionView(pn.viewable.Viewer):
             v = self.values[rows, j]
             lo, hi = (float(v.min()), float(v.max())) if len(v) else (0.0, 1.0)
             edges = np.linspace(lo, hi if hi > lo else lo + 1, 25)
-            real = np.histogram(v[label == 0], edges, density=True)[0]
-            fake = np.histogram(v[label == 1], edges, density=True)[0]
+            real, fake = (density(v[label == k], edges) for k in (0, 1))
             auc = separation_auc(v[label == 0], v[label == 1])
             title = f"{name}  AUC {auc:.2f}" if np.isfinite(auc) else name
             plots.append(
@@ -229,6 +228,15 @@ SIGNIFICANT, NOT_SIGNIFICANT = "yes", "not significant"
 def _grey_if_not_significant(row: pd.Series) -> list[str]:
     style = "color: #9e9e9e; font-style: italic" if row["significant"] != SIGNIFICANT else ""
     return [style] * len(row)
+
+
+def density(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """A histogram normalised to unit area; zeros (not NaN) when there are no values, so that an
+    empty class draws nothing instead of warning on every redraw."""
+    counts = np.histogram(values, edges)[0].astype(np.float64)
+    total = counts.sum() * np.diff(edges)
+    return np.divide(counts, counts.sum() * np.diff(edges), out=np.zeros_like(counts),
+                     where=total > 0)  # fmt: skip
 
 
 def pattern_header(patterns: pd.DataFrame, k: int) -> str:

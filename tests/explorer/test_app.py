@@ -173,3 +173,26 @@ def test_a_bad_link_is_dropped_value_by_value_with_notices(patterned_run):
     assert s.x_range is None and s.pattern is not None and len(s.notices) == 5
     s.x_range = (float(x.min()), float(x.max()))
     assert s.x_range == (float(x.min()), float(x.max()))
+
+
+def test_dimension_histograms_of_one_class_do_not_warn(patterned_run):
+    """Only reals shown: the fake histograms are empty, drawn as nothing, with no NaN warnings
+    (one per histogram per redraw filled the server log)."""
+    import warnings
+
+    import holoviews as hv
+
+    from explorer.app import load_extensions
+    from explorer.datastore import DataStore
+    from explorer.views import DimensionView, density
+
+    load_extensions()
+    assert density(np.array([]), np.linspace(0, 1, 5)).tolist() == [0.0] * 4
+    v = np.array([0.1, 0.2, 0.9])
+    edges = np.linspace(0, 1, 5)
+    assert np.allclose(density(v, edges), np.histogram(v, edges, density=True)[0])
+    s = DataStore(str(patterned_run[0]), labels=["real"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        pane = DimensionView(s).histograms()
+        hv.render(pane.object)  # what the page draws
