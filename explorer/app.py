@@ -76,8 +76,25 @@ class App:
 
     def sidebar(self) -> list:
         s = self.store
-        filters = pn.Param(s.param, parameters=list(FILTERS), widgets=filter_widgets(),
-                           show_name=False, sizing_mode="stretch_width")  # fmt: skip
+        widgets = filter_widgets()
+
+        def labelled(name: str, title: str, help_text: str) -> pn.Column:
+            shown = {"score_range": "range"}.get(name, "")
+            widget = widgets[name].from_param(
+                s.param[name], name=shown, sizing_mode="stretch_width"
+            )
+            return pn.Column(pn.pane.Markdown(f"**{title}** · {help_text}",
+                                              styles={"font-size": "12px"}, margin=(0, 10)),
+                             widget, sizing_mode="stretch_width")  # fmt: skip
+
+        filters = pn.Column(
+            labelled("labels", "Label", "what the image is"),
+            labelled("generators", "Generators", "the fakes' generators (reals: Label)"),
+            labelled("predicted", "Predicted", "what the detector says"),
+            labelled("misclassified", "Errors", "detector right or wrong"),
+            labelled("score_range", "p(fake)", "calibrated probability of fake"),
+            sizing_mode="stretch_width",
+        )
         clear = pn.widgets.Button(name="Clear selection", button_type="light")
         clear.on_click(lambda _: s.clear_selection())
         metrics = s.run.metrics.get("test", {}).get("overall", {})

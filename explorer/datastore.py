@@ -88,7 +88,8 @@ class DataStore(pn.viewable.Viewer):
         shared = shared_run(str(run_dir), tuple(image_roots))
         self.points, self.run, self.frame = shared.points, shared.run, shared.frame
         self.dims, self.images, self.patterns = shared.dims, shared.images, shared.patterns
-        gens = list(self.points.generators)
+        # the fakes' generators: reals are chosen with the Label filter ("real" is no generator)
+        gens = [g for g in self.points.generators if g != "real"]
         self.param.generators.objects = gens
         params.setdefault("generators", gens)
         methods = list(self.run.relevance.methods)  # the run's own method first
@@ -131,6 +132,8 @@ class DataStore(pn.viewable.Viewer):
         """Set what a shared link asks for, one parameter at a time: a value that param refuses
         is left out and named in ``notices`` (the rest of the link still applies)."""
         for name, value in values.items():
+            if name == "generators" and isinstance(value, list):  # links from before "real" left
+                value = [g for g in value if g != "real"]
             try:
                 self.param.update(**{name: value})
             except Exception as e:  # param says why a value does not fit
@@ -174,7 +177,8 @@ class DataStore(pn.viewable.Viewer):
         mis = {"all": None, "errors only": True, "correct only": False}[self.misclassified]
         return Filters(
             labels=tuple(names[x] for x in self.labels),
-            generators=tuple(self.generators),
+            generators=tuple(self.generators)
+            + (("real",) if "real" in self.points.generators else ()),
             predicted=tuple(names[x] for x in self.predicted),
             misclassified=mis,
             score_range=tuple(self.score_range),

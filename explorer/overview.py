@@ -22,6 +22,7 @@ CATEGORY_COLORS = {
     "label": {"real": "#3b4cc0", "fake": "#b40426"},
     "error": {"correct": "#9e9e9e", "error": "#ff7f00"},
 }
+REAL_GREY = "#a0a0a0"  # reals in the colouring by generator
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf"]
 DEFAULT_SIZE = (900, 600)
 
@@ -182,10 +183,15 @@ class OverviewView(pn.viewable.Viewer):
             self.store.param.update(x_range=tuple(x_range), y_range=tuple(y_range))
 
     def color_key(self, color_by: str) -> dict:
-        """Category -> colour for a categorical colouring (the generators get a palette)."""
-        return CATEGORY_COLORS.get(color_by) or {
-            g: PALETTE[i % len(PALETTE)] for i, g in enumerate(self.store.points.generators)
-        }
+        """Category -> colour for a categorical colouring (the generators get a palette; the reals,
+        which have none, are grey)."""
+        if color_by in CATEGORY_COLORS:
+            return CATEGORY_COLORS[color_by]
+        fakes = [g for g in self.store.points.generators if g != "real"]
+        keys = {g: PALETTE[i % len(PALETTE)] for i, g in enumerate(fakes)}
+        if "real" in self.store.points.generators:
+            keys["real"] = REAL_GREY
+        return keys
 
     def legend(self) -> str:
         if self.store.color_by == "p_fake":

@@ -289,9 +289,8 @@ class PatternView(pn.viewable.Viewer):
                                    selectable=1, sizing_mode="stretch_width")  # fmt: skip
         tab.style.apply(_grey_if_not_significant, axis=1)
 
-        def pick(event):
-            if event.new:
-                self.store.pattern = int(df.iloc[event.new[0]]["pattern"])
+        def pick(event):  # a click on the highlighted row again clears the highlight
+            self.store.pattern = int(df.iloc[event.new[0]]["pattern"]) if event.new else None
 
         tab.param.watch(pick, "selection")
         return tab
@@ -312,10 +311,14 @@ class PatternView(pn.viewable.Viewer):
         loc_png = to_png((heat_rgba(loc, 96, "viridis")[..., :3] * 255).astype(np.uint8))
         crops = [self.patch_card(r) for kind in (1, 2)
                  for r in pat.exemplars(tables, k, kind, 5).itertuples()]  # fmt: skip
+        clear = pn.widgets.Button(name="Clear pattern highlight", button_type="light",
+                                  css_classes=["asap-clear-pattern"])  # fmt: skip
+        clear.on_click(lambda _: setattr(self.store, "pattern", None))
         return pn.Column(
             pn.pane.Markdown(pattern_header(tables.patterns, k), css_classes=["asap-pattern"]),
             pn.FlexBox(*crops),
             pn.Row(pn.pane.HoloViews(bars), pn.Column("location", pn.pane.PNG(loc_png, width=96))),
+            clear,
         )
 
     def patch_card(self, r) -> pn.pane.PNG:

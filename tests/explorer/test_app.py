@@ -138,6 +138,11 @@ def test_pattern_view_and_whatif_masking(patterned_run):
     s.pattern = top
     detail = app.patterns.detail()
     assert f"Pattern {top}" in detail[0].object and len(detail[1].objects) > 0
+    clear = detail[-1]
+    assert clear.name == "Clear pattern highlight"
+    clear.clicks += 1  # what a click does
+    assert s.pattern is None
+    s.pattern = top
     # what-if: masking the most relevant patches of a confidently detected fake lowers p(fake)
     fakes = np.flatnonzero((s.points.label == 1) & (s.points.p_fake > 0.9))
     s.select_rows(fakes[:1], "tap")
@@ -196,3 +201,25 @@ def test_dimension_histograms_of_one_class_do_not_warn(patterned_run):
         warnings.simplefilter("error", RuntimeWarning)
         pane = DimensionView(s).histograms()
         hv.render(pane.object)  # what the page draws
+
+
+def test_real_is_a_label_not_a_generator(patterned_run):
+    """The generator filter lists the fakes' generators only; reals follow the label filter; the
+    colouring by generator draws reals grey, not in a generator's colour."""
+    from explorer.datastore import DataStore
+    from explorer.overview import PALETTE, REAL_GREY, OverviewView
+
+    s = DataStore(str(patterned_run[0]))
+    real = s.points.label == 0
+    assert "real" not in s.param.generators.objects and s.generators == ["gen_a", "gen_b"]
+    s.generators = []
+    assert np.array_equal(s.mask, real)  # no generator chosen: the reals only
+    s.generators = ["gen_a"]
+    gen_a = s.points.generator == list(s.points.generators).index("gen_a")
+    assert np.array_equal(s.mask, real | gen_a)
+    s.labels = ["fake"]
+    assert np.array_equal(s.mask, gen_a)
+    keys = OverviewView(s).color_key("generator")
+    assert keys["real"] == REAL_GREY and keys["gen_a"] in PALETTE and REAL_GREY not in PALETTE
+    s.apply_link_state({"generators": ["real", "gen_b"]})  # a link from before
+    assert s.generators == ["gen_b"] and not s.notices
