@@ -112,6 +112,9 @@ def _add_run(sub) -> None:
     t.add_argument("--patience", type=int, default=TrainConfig.patience,
                    help="stop after this many epochs without a better validation loss; the best "
                    "epoch is kept (default: %(default)s)")  # fmt: skip
+    t.add_argument("--train-limit", type=int, default=None, metavar="N",
+                   help="train on at most N images of the train split (labels keep their "
+                   "shares; drawn from --seed), for very large sets")  # fmt: skip
     t.add_argument("--lr", type=float, default=TrainConfig.lr)
     t.add_argument("--train-batch-size", type=int, default=TrainConfig.batch_size)
     r = p.add_argument_group("pipeline")
@@ -238,6 +241,7 @@ def build_config(a: argparse.Namespace) -> RunConfig:
             patience=a.patience,
             lr=a.lr,
             batch_size=a.train_batch_size,
+            train_limit=a.train_limit,
             seed=a.seed,
         ),  # fmt: skip
         patterns=PatternConfig(

@@ -49,6 +49,9 @@ class TrainConfig:
     seed: int = 0
     # cache decoded, resized images in memory while training when they fit in this many bytes
     cache_bytes: int = 2 << 30
+    # train on at most this many images of the train split (each label keeping its share; val
+    # shrinks in proportion), drawn from the seed: for sets too large to train on whole
+    train_limit: int | None = None
 
     def __post_init__(self):
         if self.epochs < 1 or self.patience < 1 or self.batch_size < 1:
@@ -56,6 +59,8 @@ class TrainConfig:
                 f"epochs, patience and batch size must be >= 1 (got epochs={self.epochs}, "
                 f"patience={self.patience}, batch size={self.batch_size})"
             )
+        if self.train_limit is not None and self.train_limit < 2:
+            raise ValueError(f"--train-limit must be >= 2 images, got {self.train_limit}")
         if not self.lr > 0:
             raise ValueError(f"the learning rate must be > 0, got {self.lr}")
 

@@ -145,7 +145,16 @@ def _init_meta(cfg: RunConfig, paths: RunPaths, fresh: bool) -> dict:
             write_json(paths.run_json, meta)
             return meta
         defaults = json.loads(json.dumps(RunConfig(source="", out=".").to_dict()))
-        diff = [k for k in IDENTITY_FIELDS if old.get(k, defaults.get(k)) != new.get(k)]
+
+        def stored(k):  # settings added since the run was made read as their defaults
+            v = old.get(k, defaults.get(k))
+            return (
+                {**defaults[k], **v}
+                if isinstance(v, dict) and isinstance(defaults.get(k), dict)
+                else v
+            )
+
+        diff = [k for k in IDENTITY_FIELDS if stored(k) != new.get(k)]
         if diff:
             raise RunDirectoryError(
                 f"{paths.root} holds a run with different {', '.join(diff)}; resume it with the "

@@ -43,6 +43,19 @@ def load_images(paths: list[bytes], size: int, threads: int = 4) -> tuple[np.nda
     return out, ok
 
 
+def capped_sample(rows: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
+    """``n`` rows drawn without replacement, each label keeping its share (at least one row of
+    each label present), reproducible from ``seed``; in their original order."""
+    if len(rows) <= n:
+        return rows
+    rng = np.random.default_rng(seed)
+    picks = []
+    for _, group in rows.groupby("label", sort=True):
+        k = max(1, round(n * len(group) / len(rows)))
+        picks.append(rng.choice(group.index.to_numpy(), size=min(k, len(group)), replace=False))
+    return rows.loc[np.sort(np.concatenate(picks))]
+
+
 SHIFT = 8  # pixels: one patch of the tiny ViTs
 
 
@@ -153,6 +166,12 @@ def train_encoder(
     usable = images[images["duplicate_of"] < 0]
     train = usable[usable["split"] == "train"]
     val = usable[usable["split"] == "val"]
+    n_available = len(train)
+    if cfg.train_limit is not None and len(train) > cfg.train_limit:
+        share = cfg.train_limit / len(train)
+        train = capped_sample(train, cfg.train_limit, cfg.seed)
+        val = capped_sample(val, max(1, round(len(val) * share)), cfg.seed + 1)
+        log.info("train limit: %d of %d train images, %d val", len(train), n_available, len(val))
     if train["label"].nunique() < 2:
         raise ValueError(
             "the train split needs both real and fake images to train the encoder; found labels "
@@ -254,6 +273,7 @@ def train_encoder(
         "history": history,
         "temperature": float(model.temperature),
         "n_train": len(train),
+        "n_train_available": n_available,
         "n_val": len(val),
         "train_seconds": time.perf_counter() - t0,
         "frozen_backbone": frozen,

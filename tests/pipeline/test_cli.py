@@ -44,6 +44,7 @@ BAD = {  # extra arguments -> words the one-line error must contain
     "epochs-0": (["--epochs", "0"], "epochs"),
     "patience-0": (["--patience", "0"], "patience"),
     "lr-negative": (["--lr", "-1"], "learning rate"),
+    "train-limit-1": (["--train-limit", "1"], "--train-limit"),
     "unknown-model": (["--model", "ViT-Nope-99"], "unknown model"),
     "resnet-model": (["--model", "RN50"], "ViT"),
     "missing-checkpoint": (["--pretrained", "{tmp}/nope.bin"], "does not exist"),
@@ -218,3 +219,23 @@ def test_a_run_on_a_cluster_that_lost_its_workers_stops_with_a_message(
         )
         with pytest.raises(watch.WorkersGone, match="no worker for"):
             runner.run_pipeline(cfg)
+
+
+def test_a_run_made_before_a_new_training_setting_still_resumes(tmp_path):
+    out = tmp_path / "run"
+    cfg = RunConfig(source=str(tmp_path), out=str(out))
+    runner._init_meta(cfg, RunPaths(out), fresh=False)
+    meta = __import__("json").loads((out / "run.json").read_text())
+    del meta["config"]["train"]["train_limit"]  # written before --train-limit existed
+    write_json(out / "run.json", meta)
+    RunPaths(out).images.write_bytes(b"")
+    assert (
+        runner._init_meta(cfg, RunPaths(out), fresh=False)["config"]["train"]["train_limit"] is None
+    )
+    from dataclasses import replace
+
+    from pipeline.config import TrainConfig
+    from pipeline.schema import RunDirectoryError
+
+    with pytest.raises(RunDirectoryError, match="train"):
+        runner._init_meta(replace(cfg, train=TrainConfig(train_limit=10)), RunPaths(out), False)

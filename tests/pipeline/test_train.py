@@ -97,3 +97,42 @@ def test_training_stops_early_and_keeps_the_best_epoch(tmp_path):
     loss = float(torch.nn.functional.binary_cross_entropy_with_logits(logit, y))
     assert math.isclose(loss, hist[best], rel_tol=1e-4), (loss, hist)
     assert info["temperature"] > 0
+
+
+def test_capped_sample_keeps_label_shares_and_is_reproducible():
+    import pandas as pd
+
+    from pipeline.train import capped_sample
+
+    rows = pd.DataFrame({"label": [0] * 300 + [1] * 100, "id": range(400)}).sample(
+        frac=1, random_state=1
+    )
+    a, b = capped_sample(rows, 40, seed=7), capped_sample(rows, 40, seed=7)
+    assert a.equals(b) and len(a) == 40
+    assert (a["label"] == 0).sum() == 30 and (a["label"] == 1).sum() == 10
+    assert list(a.index) == sorted(a.index) and a.index.is_unique
+    assert not a.equals(capped_sample(rows, 40, seed=8))
+    assert capped_sample(rows, 1000, seed=7) is rows
+    few = pd.DataFrame({"label": [0] * 99 + [1]})
+    assert set(capped_sample(few, 10, seed=0)["label"]) == {0, 1}  # each label stays
+
+
+def test_train_limit_caps_the_images_trained_on(tmp_path):
+    import torch
+
+    from pipeline import ingest
+    from pipeline.config import EncoderConfig
+    from pipeline.encoder import create_encoder
+    from pipeline.synthetic import make_planted_dataset
+    from pipeline.train import train_encoder
+
+    make_planted_dataset(tmp_path, 40, 40, seed=6)
+    images = ingest.finalize(ingest.inspect_candidates(ingest.discover(tmp_path), 10**8, 8)[0])
+    n_train = int(((images["split"] == "train") & (images["duplicate_of"] < 0)).sum())
+    torch.manual_seed(0)
+    model = create_encoder(EncoderConfig(model_name="asap-micro-vit-64"))
+    info = train_encoder(model, images, TrainConfig(epochs=1, train_limit=20))
+    assert info["n_train"] == 20 and info["n_train_available"] == n_train > 20
+    assert 1 <= info["n_val"] < int((images["split"] == "val").sum())
+    with pytest.raises(ValueError, match="--train-limit"):
+        TrainConfig(train_limit=1)
