@@ -485,6 +485,11 @@ def finalize_with_notes(images: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
     images.insert(0, "id", np.arange(len(images), dtype=np.int64))
     has_split = images["split"] != ""
     explicit = set(images.loc[has_split, "split"])
+    if explicit == {"train"}:
+        # a layout with a train split only (a Hugging Face set exported as train-*.parquet): as
+        # good as none, so all of it is split by content hash
+        has_split = pd.Series(False, index=images.index)
+        explicit = set()
     auto = images["sha"].map(hash_split)
     images["split"] = images["split"].where(has_split, auto)
     notes = {"splits": "from the layout" if explicit else "by content hash (70/10/20)",

@@ -474,3 +474,15 @@ def test_a_label_column_of_real_and_generator_names(tmp_path):
     )
     with pytest.raises(ValueError, match="sdxl.*--real-values"):
         ingest.discover(tmp_path / "m" / "list.csv")
+
+
+def test_a_train_only_layout_is_split_by_content(tmp_path):
+    """Shards all named train-*.parquet carry no held-out split: ASAP makes one by hash."""
+    png = layouts.Pngs()
+    rows = [dict(image=png(), label=i % 2) for i in range(60)]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "train-00000-of-00001.parquet")
+    images, _ = ingest.inspect_candidates(ingest.discover(tmp_path), 10**8, 8)
+    final, notes = ingest.finalize_with_notes(images)
+    assert set(final["split"]) == {"train", "val", "test"}
+    assert final["split"].tolist() == final["sha"].map(ingest.hash_split).tolist()
+    assert notes["splits"].startswith("by content hash") and notes["held_out"] == "test"
