@@ -21,8 +21,13 @@ def _model(encoder_path: str, mtime_ns: int):
     return load_encoder(encoder_path, "cpu").eval().requires_grad_(False)
 
 
-def rescore(store: DataStore, image_id: int, cells: list[tuple[int, int]]) -> tuple[float, float]:
-    """p(fake) of one image as it is, and with ``cells`` (grid row, column) masked."""
+RANDOM_DRAWS = 8  # random-patch baselines per re-score
+
+
+def rescore(store: DataStore, image_id: int, cells: list[tuple[int, int]]):
+    """p(fake) of one image as it is, with ``cells`` (grid row, column) masked, and with as many
+    random patches masked instead (RANDOM_DRAWS draws, seeded by the image id): the baseline
+    that says whether the chosen patches matter more than any."""
     import torch
 
     from pipeline.imageio import load_for_model, normalize
@@ -32,12 +37,18 @@ def rescore(store: DataStore, image_id: int, cells: list[tuple[int, int]]) -> tu
     model = _model(str(path), path.stat().st_mtime_ns)
     arr = load_for_model(store.images.path(image_id), model.image_size)
     x = normalize(arr[None], model.preprocess["mean"], model.preprocess["std"])
-    grid = torch.zeros(1, *store.run.relevance.map_shape[1:], dtype=torch.bool)
+    gh, gw = store.run.relevance.map_shape[1:]
+    grids = torch.zeros(1 + RANDOM_DRAWS, gh, gw, dtype=torch.bool)
     for y, x_ in cells:
-        grid[0, y, x_] = True
+        grids[0, y, x_] = True
+    rng = np.random.default_rng(int(image_id))
+    for d in range(1, 1 + RANDOM_DRAWS):
+        for i in rng.choice(gh * gw, size=len(cells), replace=False):
+            grids[d, i // gw, i % gw] = True
+    xs = x.expand(1 + RANDOM_DRAWS, *x.shape[1:])
     before = float(p_fake(model, x)[0])
-    after = float(p_fake(model, masked(x, blurred(model, x), grid))[0])
-    return before, after
+    scores = p_fake(model, masked(xs, blurred(model, xs), grids)).tolist()
+    return before, float(scores[0]), [float(v) for v in scores[1:]]
 
 
 class WhatIfView(pn.viewable.Viewer):
@@ -72,12 +83,19 @@ class WhatIfView(pn.viewable.Viewer):
         if row is None:
             return
         try:
-            before, after = rescore(self.store, int(self.store.points.id[row]), list(self.cells))
+            before, after, rand = rescore(
+                self.store, int(self.store.points.id[row]), list(self.cells)
+            )
         except (ImageAccessError, OSError) as e:
             self.result = f"cannot re-score: {e}"
             return
         n = len(self.cells)
-        self.result = f"p(fake) **{before:.3f}** → **{after:.3f}** with {n} patch(es) masked"
+        self.result = (
+            f"p(fake) **{before:.3f}** → **{after:.3f}** with {n} patch(es) masked. "
+            f"Masking {n} random patch(es) instead: {np.mean(rand):.3f} on average "
+            f"({min(rand):.3f}–{max(rand):.3f} over {len(rand)} draws); the chosen patches "
+            "matter when they lower p(fake) more than that."
+        )
 
     @param.depends("cells", "store.selection_version", "store.filter_version", "store.opacity",
                    "store.cmap", "store.sort_by", "store.map_method")  # fmt: skip
