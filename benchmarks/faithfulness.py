@@ -171,16 +171,28 @@ def demo_scores(args, methods: list[str]) -> dict:
 
     run = open_run(args.demo_run)
     model = load_encoder(run.paths.encoder)
-    feats = run.features.merge(run.images[["id", "path_bytes", "split", "label"]], on="id")
-    fakes = feats[(feats["split"] == "test") & (feats["label"] == 1) & (feats["p_fake"] >= 0.5)]
+    cols = ["id", "path_bytes", "split", "label", "generator"]
+    feats = run.features.merge(run.images[cols], on="id")
+    test_fakes = feats[(feats["split"] == "test") & (feats["label"] == 1)]
+    detection = test_fakes.groupby("generator")["p_fake"].apply(lambda p: float((p >= 0.5).mean()))
+    fakes = test_fakes[test_fakes["p_fake"] >= 0.5]
     fakes = fakes.sample(min(len(fakes), args.demo_images), random_state=0)
     pixels = _pixels(model, fakes["path_bytes"].tolist())
     scores = score_methods(model, pixels, methods, args.batch, args.steps, 0)
-    res = {}
+    # ae-inpaint fakes changed one region, whose box the demo's manifest records: pointing there
+    boxes = demo_regions(Path(args.demo_data), fakes["path_bytes"])
+    local = np.array([b is not None for b in boxes])
+    masks = np.zeros((int(local.sum()), model.image_size, model.image_size), bool)
+    for m, (t, l_, b, r_) in zip(masks, [b for b in boxes if b is not None]):
+        m[t:b, l_:r_] = True
+    res = {"_detect": detection.to_dict(), "_n_local": int(local.sum())}
     for name in [*methods, "random"]:
         s = scores[name]
         r = {"deletion": float(s["deletion"].mean()), "insertion": float(s["insertion"].mean()),
              "cost": s.get("cost", float("nan"))}  # fmt: skip
+        r["pointing_local"] = (
+            float(peak_on_artifact(s["maps"][local], masks).mean()) if local.any() else np.nan
+        )
         r["vs_random"], r["vs_random_se"] = paired(s["deletion"], scores["random"]["deletion"])
         if "attention" in scores:
             r["vs_attention"], r["vs_attention_se"] = paired(
@@ -192,6 +204,26 @@ def demo_scores(args, methods: list[str]) -> dict:
         res[name] = r
     res["_n"] = len(fakes)
     return res
+
+
+def demo_regions(root: Path, path_bytes) -> list:
+    """The changed region (top, left, bottom, right) of each image per the demo's manifest.csv
+    under ``root`` (None for an image without one, or when there is no manifest)."""
+    import pandas as pd
+
+    if not (root / "manifest.csv").exists():
+        return [None] * len(path_bytes)
+    man = pd.read_csv(root / "manifest.csv")
+    if "region_top" not in man:
+        return [None] * len(path_bytes)
+    box = {
+        str((root / p).resolve()): (int(t), int(l_), int(b), int(r_))
+        for p, t, l_, b, r_ in man[
+            ["path", "region_top", "region_left", "region_bottom", "region_right"]
+        ].itertuples(index=False)  # fmt: skip
+        if t >= 0
+    }
+    return [box.get(str(Path(p.decode()).resolve())) for p in path_bytes]
 
 
 def _ms(values) -> str:
@@ -214,6 +246,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--demo-run", default=None, help="also score this run's held-out fakes")
     ap.add_argument("--demo-images", type=int, default=128)
+    ap.add_argument("--demo-data", default="data/demo", help="the demo's data (manifest.csv)")
     ap.add_argument("--quick", action="store_true", help="small suite, few epochs (a smoke run)")
     args = ap.parse_args()
     if args.quick:
@@ -246,15 +279,19 @@ def main() -> None:
         print(f"| {name} | " + " | ".join(cells) + " |")
     if args.demo_run:
         d = demo_scores(args, methods)
-        print(f"\ndemo run {args.demo_run}: {d['_n']} detected held-out fakes")
-        cols = "deletion | insertion | vs_random (se) | vs_attention (se) | occlusion_rho | cost"
+        print(f"\ndemo run {args.demo_run}: {d['_n']} detected held-out fakes, {d['_n_local']} "
+              "of them locally changed (ae-inpaint); detection of held-out fakes: "
+              + ", ".join(f"{g} {v:.2f}" for g, v in d["_detect"].items()))  # fmt: skip
+        cols = ("pointing (ae-inpaint) | deletion | insertion | vs_random (se) | "
+                "vs_attention (se) | occlusion_rho | cost")  # fmt: skip
         print(f"| method | {cols} |")
-        print("| --- | --- | --- | --- | --- | --- | --- |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- |")
         for name in [*methods, "random"]:
             r = d[name]
             nan = float("nan")
             va = f"{r.get('vs_attention', nan):+.3f} ({r.get('vs_attention_se', nan):.3f})"
-            print(f"| {name} | {r['deletion']:.3f} | {r['insertion']:.3f} | "
+            print(f"| {name} | {r['pointing_local']:.2f} | {r['deletion']:.3f} | "
+                  f"{r['insertion']:.3f} | "
                   f"{r['vs_random']:+.3f} ({r['vs_random_se']:.3f}) | {va} | "
                   f"{r['occlusion_rho']:.2f} | {r['cost']:.2f} |")  # fmt: skip
     dm = DEFAULT_METHOD

@@ -32,12 +32,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
+from PIL import Image, ImageFilter
 from torch import nn
 
 SIZE = 64
 FACE_NATIVE = 25  # lfw_subset's resolution
 CHUNK = 256
+LAYOUT_VERSION = 3  # bump when what a build writes changes: an older build is then rebuilt
 
 PHOTO_SOURCES = {  # name -> (loader, licence)
     "astronaut": ("skimage:astronaut", "public domain (NASA)"),
@@ -190,17 +191,52 @@ def plan(n: int) -> dict[tuple[str, str], int]:
     faces, photos = round(n * 0.4) // 2, (n - 2 * (round(n * 0.4) // 2)) // 2
     return {
         ("faces", "real"): faces,
-        ("faces", "dcgan"): faces - 2 * (faces // 4),
-        ("faces", "ae-deconv"): faces // 4,
-        ("faces", "ae-upsample"): faces // 4,
+        ("faces", "dcgan"): faces - 2 * (faces // 6) - faces // 4,
+        ("faces", "ae-deconv"): faces // 6,
+        ("faces", "ae-upsample"): faces // 6,
+        ("faces", "ae-inpaint"): faces // 4,
         ("photos", "real"): photos,
-        ("photos", "ae-deconv"): photos // 2,
-        ("photos", "ae-upsample"): photos - photos // 2,
+        ("photos", "ae-deconv"): photos // 3,
+        ("photos", "ae-upsample"): photos // 3,
+        ("photos", "ae-inpaint"): photos - 2 * (photos // 3),
     }
 
 
+NO_REGION = (-1, -1, -1, -1)
+
+
+def inpaint_region(rng: np.random.Generator) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """A feathered ellipse (radii 8-18 px, anywhere inside the image): the (SIZE, SIZE) blend
+    weight in [0, 1] and the bounding box (top, left, bottom, right) of the pixels it changes."""
+    ry, rx = (float(v) for v in rng.uniform(8, 18, size=2))
+    cy = float(rng.uniform(ry + 1, SIZE - ry - 1))
+    cx = float(rng.uniform(rx + 1, SIZE - rx - 1))
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE]
+    inside = (((yy + 0.5 - cy) / ry) ** 2 + ((xx + 0.5 - cx) / rx) ** 2 <= 1).astype(np.float32)
+    weight = np.asarray(
+        Image.fromarray(inside * 255).convert("L").filter(ImageFilter.GaussianBlur(1.0)),
+        dtype=np.float32,
+    ) / 255  # fmt: skip
+    ys, xs = np.nonzero(weight > 0.05)
+    return weight, (int(ys.min()), int(xs.min()), int(ys.max()) + 1, int(xs.max()) + 1)
+
+
+def inpaint(real: np.ndarray, rec: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """``real`` with the region ``weight`` replaced by the reconstruction ``rec`` (same shape)."""
+    w = weight[..., None] if real.ndim == 3 else weight
+    out = real.astype(np.float32) * (1 - w) + rec.astype(np.float32) * w
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def _reconstruct(models, name: str, batch: np.ndarray, grey: bool) -> np.ndarray:
+    with torch.no_grad():
+        rec = _to_uint8(models[name](_to_tensor(batch)))
+    return np.stack([np.asarray(Image.fromarray(r).convert("L")) for r in rec]) if grey else rec
+
+
 def generate(domain, generator, count, seed, photos, faces, models, dcgan):
-    """Yield (source, licence, uint8 image) in chunks, for one (domain, generator)."""
+    """Yield (source, licence, uint8 image, region box) in chunks, for one (domain, generator).
+    The box is where an ``ae-inpaint`` image was changed (NO_REGION for every other image)."""
     # zlib.crc32, not hash(): str hashes change from process to process
     rng = np.random.default_rng([seed, zlib.crc32(domain.encode()), zlib.crc32(generator.encode())])
     torch.manual_seed(int(rng.integers(1 << 31)))
@@ -208,7 +244,20 @@ def generate(domain, generator, count, seed, photos, faces, models, dcgan):
     done = 0
     while done < count:
         k = min(CHUNK, count - done)
-        if domain == "faces" and generator == "real":
+        if generator == "ae-inpaint":  # a local fake: one region through an autoencoder
+            if domain == "faces":
+                srcs = [("lfw", real_face(rng, faces)) for _ in range(k)]
+            else:
+                srcs = [photo_crop(rng, photos, names) for _ in range(k)]
+            batch = np.stack([a for _, a in srcs])
+            grey = domain == "faces"
+            recs = {m: _reconstruct(models, m, batch, grey) for m in ("ae-deconv", "ae-upsample")}
+            out = []
+            for i, (nm, real) in enumerate(srcs):
+                dec = ("ae-deconv", "ae-upsample")[int(rng.integers(2))]
+                weight, box = inpaint_region(rng)
+                out.append((nm, AE_LICENCE, inpaint(real, recs[dec][i], weight), box))
+        elif domain == "faces" and generator == "real":
             out = [("lfw", LFW_LICENCE, real_face(rng, faces)) for _ in range(k)]
         elif domain == "faces" and generator == "dcgan":
             with torch.no_grad():
@@ -229,7 +278,7 @@ def generate(domain, generator, count, seed, photos, faces, models, dcgan):
                     rec = _to_uint8(models[generator](_to_tensor(np.stack([c for _, c in crops]))))
                 out = [(nm, AE_LICENCE, r) for (nm, _), r in zip(crops, rec)]
         done += k
-        yield out
+        yield [o if len(o) == 4 else (*o, NO_REGION) for o in out]
 
 
 def trivial_baseline(manifest: pd.DataFrame, root: Path, seed: int, limit: int = 4000) -> dict:
@@ -271,18 +320,25 @@ def trivial_baseline(manifest: pd.DataFrame, root: Path, seed: int, limit: int =
 def build(n: int, out: Path, seed: int, ae_steps: int, baseline: bool = True) -> pd.DataFrame:
     from pipeline.imageio import content_hash
 
-    stamp = out / f".built-n{n}-seed{seed}-ae{ae_steps}"
+    stamp = out / f".built-v{LAYOUT_VERSION}-n{n}-seed{seed}-ae{ae_steps}"
     if stamp.exists():
         print(f"{out}: already built (n={n}, seed={seed})", file=sys.stderr)
         return pd.read_csv(out / "manifest.csv")
-    if out.exists():
-        shutil.rmtree(out)
-    (out / "models").mkdir(parents=True)
+    if out.exists():  # an older or different build: rebuilt, keeping its trained autoencoders
+        for old in out.iterdir():
+            if old.name != "models":
+                shutil.rmtree(old) if old.is_dir() else old.unlink()
+    (out / "models").mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     photos, faces = load_photos(), load_lfw_faces()
     models = {
         name: train_autoencoder(
-            dec, photos, faces, ae_steps, seed + i, out / "models" / f"{name}.pt"
+            dec,
+            photos,
+            faces,
+            ae_steps,
+            seed + i,
+            out / "models" / f"{name}-seed{seed + i}-steps{ae_steps}.pt",
         )
         for i, (name, dec) in enumerate((("ae-deconv", "deconv"), ("ae-upsample", "upsample")))
     }
@@ -298,13 +354,15 @@ def build(n: int, out: Path, seed: int, ae_steps: int, baseline: bool = True) ->
         (out / folder).mkdir(parents=True, exist_ok=True)
         i = 0
         for chunk in generate(domain, gen, count, seed, photos, faces, models, dcgan):
-            for source, licence, arr in chunk:
+            for source, licence, arr, box in chunk:
                 rel = folder / f"{domain}_{gen}_{i:06d}.png"
                 Image.fromarray(arr).save(out / rel, optimize=False)
                 data = (out / rel).read_bytes()
                 rows.append(
                     dict(path=str(rel), label=label, generator=gen, domain=domain,
-                         source=source, licence=licence, sha=content_hash(data))
+                         source=source, licence=licence, sha=content_hash(data),
+                         region_top=box[0], region_left=box[1], region_bottom=box[2],
+                         region_right=box[3])
                 )  # fmt: skip
                 i += 1
     manifest = pd.DataFrame(rows)

@@ -116,6 +116,10 @@ def _add_run(sub) -> None:
                    help="train on at most N images of the train split (labels keep their "
                    "shares; drawn from --seed), for very large sets")  # fmt: skip
     t.add_argument("--lr", type=float, default=TrainConfig.lr)
+    t.add_argument("--patch-loss", type=float, default=TrainConfig.patch_loss, metavar="W",
+                   help="weight of the patch-level (multiple-instance) loss that trains "
+                   "every patch token on the label beside the CLS head; 0: off "
+                   "(default: %(default)s)")  # fmt: skip
     t.add_argument("--train-batch-size", type=int, default=TrainConfig.batch_size)
     r = p.add_argument_group("pipeline")
     r.add_argument("--partition-size", type=int, default=512, help="images per Dask task/file")
@@ -240,6 +244,7 @@ def build_config(a: argparse.Namespace) -> RunConfig:
             epochs=a.epochs,
             patience=a.patience,
             lr=a.lr,
+            patch_loss=a.patch_loss,
             batch_size=a.train_batch_size,
             train_limit=a.train_limit,
             seed=a.seed,

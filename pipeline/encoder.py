@@ -81,6 +81,16 @@ class ASAPEncoder(nn.Module):
         distilled, logit = self.heads(emb)
         return emb, distilled, logit
 
+    def forward_with_tokens(self, pixels: torch.Tensor):
+        """forward(), plus the last block's patch tokens after ln_post (B, T-1, width): what the
+        patch-level training loss reads (the same computation as ``visual``, via the adapter)."""
+        from .explain import adapter as A
+
+        x = A.run_blocks(self, A.embed_tokens(self, pixels), A.blocks(self))
+        emb = A.pooled(self, x[:, 0])
+        distilled, logit = self.heads(emb)
+        return emb, distilled, logit, self.visual.ln_post(x[:, 1:])
+
     def p_fake(self, logit: torch.Tensor) -> torch.Tensor:
         # The temperature lives with the model (maybe on a GPU); the logit may come back on the CPU.
         return torch.sigmoid(logit / self.temperature.to(logit.device))

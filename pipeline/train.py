@@ -196,6 +196,10 @@ def train_encoder(
     else:
         params = [p for p in model.parameters() if p.requires_grad]
         lr = cfg.lr
+    patch_head = None
+    if not frozen and cfg.patch_loss > 0:  # the training scaffold of the patch-level loss
+        patch_head = torch.nn.Linear(model.visual.transformer.width, 1).to(device)
+        params += list(patch_head.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
     # linear warm-up over the first epoch(s), then the rate is halved whenever the validation
     # loss stalls for half the patience (with early stopping, no fixed-length schedule)
@@ -207,13 +211,20 @@ def train_encoder(
     stopper = EarlyStopping(cfg.patience)
 
     def forward_logits(idx, src, emb_cache, train_mode):
+        """Logits (B,), decode mask, and the patch-level logit (B,) when that loss is on."""
         if frozen:
             emb = emb_cache[idx].to(device)
-            return model.heads(emb)[1], None
+            return model.heads(emb)[1], None, None
         arr, ok = src.get(idx)
         if train_mode:
             arr = augment(arr, rng)
-        return model(_pixels(model, arr, device))[2], ok
+        pixels = _pixels(model, arr, device)
+        if train_mode and patch_head is not None:
+            *_, logit, tokens = model.forward_with_tokens(pixels)
+            # multiple-instance pooling: an image is as fake as its most suspicious patch (a
+            # smooth maximum of small logits is their mean, which dilutes a local trace again)
+            return logit, ok, patch_head(tokens)[..., 0].amax(dim=1)
+        return model(pixels)[2], ok, None
 
     def val_logits():
         model.eval()
@@ -233,13 +244,17 @@ def train_encoder(
         losses = []
         for s in range(0, len(perm), cfg.batch_size):
             idx = perm[s : s + cfg.batch_size]
-            logit, ok = forward_logits(idx, tr_src, e_tr if frozen else None, True)
+            logit, ok, patch_logit = forward_logits(idx, tr_src, e_tr if frozen else None, True)
             keep = torch.as_tensor(ok_tr[idx] if frozen else ok, device=device)
             y = y_tr[idx].to(device)
             loss = (
                 F.binary_cross_entropy_with_logits(logit[keep], y[keep], pos_weight=pos_weight)
                 + cfg.ortho_weight * model.orthogonality_penalty()
             )
+            if patch_logit is not None:
+                loss = loss + cfg.patch_loss * F.binary_cross_entropy_with_logits(
+                    patch_logit[keep], y[keep], pos_weight=pos_weight
+                )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -21,6 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 BUILD = [sys.executable, str(REPO / "data" / "build_demo.py")]
 
 pytestmark = pytest.mark.slow
+GENERATORS = {"real", "dcgan", "ae-deconv", "ae-upsample", "ae-inpaint"}
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +51,17 @@ def test_layout_manifest_and_domains(demo200):
     for row in m.sample(20, random_state=0).itertuples():
         assert content_hash((demo200 / row.path).read_bytes()) == row.sha
         assert ("1_fake" if row.label else "0_real") in row.path
-    assert set(m["generator"]) == {"real", "dcgan", "ae-deconv", "ae-upsample"}
+    assert set(m["generator"]) == GENERATORS
     assert m["licence"].str.len().min() > 3
+    # ae-inpaint images changed one region, whose box is recorded (the ground truth of where the
+    # evidence is); every other image has none
+    box = m[["region_top", "region_left", "region_bottom", "region_right"]].to_numpy()
+    local = (m["generator"] == "ae-inpaint").to_numpy()
+    assert local.sum() > 0 and (box[~local] == -1).all()
+    top, left, bottom, right = box[local].T
+    assert (top >= 0).all() and (left >= 0).all() and (bottom <= 64).all() and (right <= 64).all()
+    assert ((bottom - top) >= 10).all() and ((right - left) >= 10).all()
+    assert ((bottom - top) * (right - left) < 64 * 64 / 2).all()  # local: under half the image
     looks = {}
     for p in m["path"]:
         with Image.open(demo200 / p) as im:
@@ -114,6 +124,6 @@ def test_demo_steps_end_to_end(demo200, tmp_path):
     )  # fmt: skip
     run = open_run(out)
     assert len(run.features) == 200 and run.rejects.empty
-    assert set(run.images["generator"]) == {"real", "dcgan", "ae-deconv", "ae-upsample"}
+    assert set(run.images["generator"]) == GENERATORS
     assert set(run.images["source"]) >= {"lfw", "photos"}
-    assert set(run.metrics["test"]["per_generator"]) <= {"dcgan", "ae-deconv", "ae-upsample"}
+    assert set(run.metrics["test"]["per_generator"]) <= GENERATORS - {"real"}

@@ -136,3 +136,55 @@ def test_train_limit_caps_the_images_trained_on(tmp_path):
     assert 1 <= info["n_val"] < int((images["split"] == "val").sum())
     with pytest.raises(ValueError, match="--train-limit"):
         TrainConfig(train_limit=1)
+
+
+def test_forward_with_tokens_is_the_forward_pass():
+    """The patch loss reads the tokens through the adapter: the same numbers as open_clip's
+    forward, and one token per patch."""
+    import torch
+
+    from pipeline.config import EncoderConfig
+    from pipeline.encoder import create_encoder
+
+    torch.manual_seed(0)
+    model = create_encoder(EncoderConfig(model_name="asap-micro-vit-64")).eval()
+    x = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        emb, dist, logit = model(x)
+        emb2, dist2, logit2, tokens = model.forward_with_tokens(x)
+    torch.testing.assert_close(emb2, emb, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(logit2, logit, rtol=1e-4, atol=1e-5)
+    gh, gw = model.visual.grid_size
+    assert tokens.shape == (3, gh * gw, model.visual.transformer.width)
+
+
+def test_patch_loss_is_a_training_scaffold(tmp_path, capsys):
+    """The patch head trains beside the CLS head and is not part of the saved model; 0 turns the
+    loss off, and a negative weight is refused with the option's name."""
+    import torch
+
+    from pipeline import ingest
+    from pipeline.config import EncoderConfig
+    from pipeline.encoder import create_encoder
+    from pipeline.synthetic import make_planted_dataset
+    from pipeline.train import train_encoder
+
+    with pytest.raises(ValueError, match="patch loss"):
+        TrainConfig(patch_loss=-1.0)
+    from pipeline.cli import main
+
+    assert main(["run", "nowhere", "--out", "nowhere-run", "--patch-loss", "-1"]) == 2
+    assert "patch loss" in capsys.readouterr().err
+
+    make_planted_dataset(tmp_path, 24, 24, seed=6)
+    images = ingest.finalize(ingest.inspect_candidates(ingest.discover(tmp_path), 10**8, 8)[0])
+    losses = {}
+    for w in (0.0, 1.0):
+        torch.manual_seed(0)
+        model = create_encoder(EncoderConfig(model_name="asap-micro-vit-64"))
+        keys = set(model.state_dict())
+        info = train_encoder(model, images, TrainConfig(epochs=1, patch_loss=w))
+        assert set(model.state_dict()) == keys  # nothing added to what is saved
+        losses[w] = info["history"][0]["train_loss"]
+    # the same seed and batches: the train loss with the patch loss adds a positive BCE term
+    assert losses[1.0] > losses[0.0]
