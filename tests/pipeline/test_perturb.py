@@ -1,0 +1,56 @@
+"""The masking reference of pipeline.perturb: a blur plus the image's own fine residual, shuffled.
+Properties that hold exactly, on any machine (no trained model)."""
+
+from __future__ import annotations
+
+import torch
+import torchvision.transforms.functional as TF
+
+from pipeline.config import EncoderConfig
+from pipeline.encoder import create_encoder
+from pipeline.perturb import blurred, masked
+
+
+def _model():
+    torch.manual_seed(0)
+    return create_encoder(EncoderConfig(model_name="asap-micro-vit-64")).eval()
+
+
+def test_reference_keeps_the_noise_level_and_loses_local_structure():
+    model = _model()
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 3, 64, 64, generator=gen) * 0.1
+    x[:, :, 20:32, 20:32] += torch.where(
+        (torch.arange(12)[:, None] // 2 + torch.arange(12)[None] // 2) % 2 == 0, 1.0, -1.0
+    )  # a strong local checkerboard
+    ref = blurred(model, x)
+    torch.testing.assert_close(ref, blurred(model, x), rtol=0, atol=0)  # deterministic
+    fine = x - TF.gaussian_blur(x, [5, 5], [1.0, 1.0])
+    added = ref - _coarse(model, x)  # the shuffled residual the reference adds
+    # the same residual values, moved: its energy (the image's noise level) is kept exactly
+    for b in range(2):
+        for c in range(3):
+            assert torch.allclose(added[b, c].flatten().sort().values,
+                                  fine[b, c].flatten().sort().values, atol=1e-5)  # fmt: skip
+    # ... while the checkerboard's structure is gone from its place: its energy there is the
+    # image's average, not the trace's
+    inside = (added[:, :, 20:32, 20:32] ** 2).mean()
+    assert inside < 0.5 * (fine[:, :, 20:32, 20:32] ** 2).mean()
+
+
+def _coarse(model, x):
+    size, gh = x.shape[-1], model.visual.grid_size[0]
+    sigma = max(size / gh / 2, 1.0)
+    k = int(2 * round(3 * sigma) + 1)
+    return TF.gaussian_blur(x, [k, k], [sigma, sigma])
+
+
+def test_masking_changes_only_the_masked_patches():
+    model = _model()
+    x = torch.rand(1, 3, 64, 64)
+    grid = torch.zeros(1, 8, 8, dtype=torch.bool)
+    grid[0, 2, 3] = True
+    out = masked(x, blurred(model, x), grid)
+    changed = (out != x).any(dim=1)[0]
+    assert changed[16:24, 24:32].any() and not changed[:16].any() and not changed[24:].any()
+    assert not changed[16:24, :24].any() and not changed[16:24, 32:].any()
