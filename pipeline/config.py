@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-STEMS = ("highpass", "none")
+STEMS = ("forensic", "highpass", "none")
 
 
 @dataclass(frozen=True)
@@ -19,15 +19,22 @@ class EncoderConfig:
     distilled_dim: int = 16
     # optional .pt file holding a (proj_dim, embed_dim) text-disentangling matrix to start from
     text_projection: str | None = None
-    # what the tower sees: "highpass" (image minus a blurred copy: the residual where generator
-    # traces live, as forensic detectors' SRM/residual stems) or "none" (the pixels, as CLIP was
-    # trained). None: "highpass" for towers trained from scratch, "none" for pretrained ones.
+    # what the tower sees: "forensic" (the residual of the image minus a blurred copy, where
+    # generator traces live, as forensic detectors' SRM/residual stems, plus its local energy
+    # relative to the image's: 6 channels), "highpass" (the residual alone) or "none" (the
+    # pixels, as CLIP was trained). None: "forensic" for towers trained from scratch, "none" for
+    # pretrained ones (whose first layer takes 3 channels).
     stem: str | None = None
 
     def __post_init__(self):
-        stem = self.stem or ("none" if self.pretrained else "highpass")
+        stem = self.stem or ("none" if self.pretrained else "forensic")
         if stem not in STEMS:
             raise ValueError(f"stem must be one of {STEMS}, got {self.stem!r}")
+        if stem == "forensic" and self.pretrained:
+            raise ValueError(
+                "the forensic stem has 6 channels, a pretrained tower's first layer takes 3: use "
+                "stem 'highpass' or 'none' with --pretrained"
+            )
         object.__setattr__(self, "stem", stem)
 
     @property

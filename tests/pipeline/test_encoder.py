@@ -9,10 +9,13 @@ import torch
 
 from pipeline.config import EncoderConfig
 from pipeline.encoder import (
+    ENERGY_CLAMP,
     HUB_PROBE_ENV,
+    STEM_CHANNELS,
     PretrainedUnavailable,
     create_encoder,
     load_encoder,
+    local_energy,
     save_encoder,
 )
 from tests.conftest import TINY
@@ -29,9 +32,12 @@ def test_forward_shapes_and_orthogonal_projection():
     assert all(p.requires_grad for p in model.visual.parameters()), "scratch tower must train"
 
 
-def test_save_load_round_trip(tmp_path):
+@pytest.mark.parametrize("stem", ["forensic", "highpass", "none"])
+def test_save_load_round_trip(tmp_path, stem):
     torch.manual_seed(1)
-    model = create_encoder(EncoderConfig(model_name=TINY)).eval()
+    model = create_encoder(EncoderConfig(model_name=TINY, stem=stem)).eval()
+    assert model.visual.conv1.in_channels == STEM_CHANNELS[stem] == model.stem(
+        torch.zeros(1, 3, 64, 64)).shape[1]  # fmt: skip
     model.temperature.fill_(2.5)
     x = torch.randn(2, 3, 64, 64)
     save_encoder(model, tmp_path / "enc.pt")
@@ -39,6 +45,27 @@ def test_save_load_round_trip(tmp_path):
     for a, b in zip(model(x), loaded(x)):
         assert torch.equal(a, b)
     assert float(loaded.temperature) == 2.5
+
+
+def test_default_stems_and_the_forensic_stem_refused_on_a_pretrained_tower():
+    assert EncoderConfig().stem == "forensic"
+    assert EncoderConfig(pretrained="openai").stem == "none"
+    with pytest.raises(ValueError, match="6 channels"):
+        EncoderConfig(pretrained="openai", stem="forensic")
+
+
+def test_local_energy_is_relative_to_the_image_and_marks_a_noisier_region():
+    g = torch.Generator().manual_seed(0)
+    residual = torch.randn(2, 3, 64, 64, generator=g)
+    residual[1, :, 20:30, 40:50] *= 4  # a speckled region: 16x the energy
+    e = local_energy(residual)
+    assert e.shape == residual.shape and e.abs().max() <= ENERGY_CLAMP
+    # clean noise: log-ratio about 0 everywhere (measured: median |e| 0.27); the speckled region
+    # stands out against its surround (measured: mean 0.94; its own energy raises the surround's)
+    assert e[0].abs().median() < 0.4 and e[1, :, 22:28, 42:48].mean() > 0.7
+    assert e[1, :, :, :30].abs().median() < 0.4  # far from the region, unchanged
+    # a ratio to the surround: the same for a 10x louder image (the eps aside)
+    assert torch.allclose(local_energy(10 * residual), e, atol=0.02)
 
 
 def test_local_checkpoint_is_loaded_and_frozen(tmp_path):
