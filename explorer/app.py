@@ -146,13 +146,17 @@ class App:
             ),  # fmt: skip
             css_classes=["asap-summary"],
         )
-        tabs = pn.Tabs(
-            ("Images", self.images),
-            ("Patterns", self.patterns),
-            ("Dimensions", self.dimensions),
-            ("What-if", self.whatif),
-            dynamic=False,
-        )
+        views = [self.images, self.patterns, self.dimensions, self.whatif]
+        # only the tab on screen exists in the page and recomputes (TabView); the others catch
+        # up when shown
+        tabs = pn.Tabs(*zip(("Images", "Patterns", "Dimensions", "What-if"), views), dynamic=True)
+
+        def show(active: int) -> None:
+            for i, view in enumerate(views):
+                view.shown = i == active
+
+        show(tabs.active)
+        tabs.param.watch(lambda e: show(e.new), "active")
         return [
             summary,
             pn.Row(

@@ -3,6 +3,8 @@ the export of the selection. Each view only reads the DataStore and renders."""
 
 from __future__ import annotations
 
+import base64
+import html
 import io
 import tempfile
 from pathlib import Path
@@ -18,29 +20,73 @@ from pipeline.schema import DISTILLED_COLUMNS, LABEL_NAMES, MAP_NAMES
 from . import patterns as pat
 from .datastore import DataStore
 from .patterns import ATTENTION_METHOD, DIMENSION_MAPS_METHOD, Difference, MethodFaithfulness
-from .render import ImageAccessError, heat_rgba, overlay, to_png
+from .render import ImageAccessError, heat_rgba, histogram_grid, overlay, to_png
 from .store import export_manifest
 
 SELECTION_DEPS = ("selection_version", "filter_version")
 
 
-def image_card(store: DataStore, row: int, channel: int, size: int = 128) -> pn.Column:
-    """One image with its relevance overlay and a caption."""
+class TabView(pn.viewable.Viewer):
+    """A view that lives in a tab and recomputes only while it is shown (issue 11: hidden tabs
+    rebuilt their plots on every filter change). A change of the store parameters in
+    ``STORE_DEPS`` bumps ``version`` while ``shown``, and marks the view stale otherwise; showing a
+    stale view bumps it then. The view's expensive renders depend on ``version``. Views outside
+    tabs (a notebook cell) keep ``shown`` True and follow every change."""
+
+    STORE_DEPS: tuple[str, ...] = SELECTION_DEPS
+
+    store = param.ClassSelector(class_=DataStore, constant=True)
+    shown = param.Boolean(default=True, doc="whether the view is on screen")
+    version = param.Integer(default=0, doc="bumped when the shown view must recompute")
+
+    def __init__(self, store: DataStore, **params):
+        super().__init__(store=store, **params)
+        self._stale = False
+        store.param.watch(self._store_changed, list(self.STORE_DEPS))
+        self.param.watch(self._shown_changed, "shown")
+
+    def _store_changed(self, *_):
+        if self.shown:
+            self.version += 1
+        else:
+            self._stale = True
+
+    def _shown_changed(self, event):
+        if event.new and self._stale:
+            self._stale = False
+            self.version += 1
+
+
+def image_card(store: DataStore, row: int, channel: int, size: int = 128) -> str:
+    """One image with its relevance overlay and a caption, as an HTML figure (the image inline
+    as a PNG data URL; the page never names a file)."""
     p = store.points
     img_id = int(p.id[row])
     try:
         rgb = store.images.thumbnail(img_id, size)
         heat = store.maps([row], channel)[0]
-        png = to_png(overlay(rgb, heat, store.opacity, store.cmap))
-        body = pn.pane.PNG(png, width=size, height=size, margin=0)
+        png = base64.b64encode(to_png(overlay(rgb, heat, store.opacity, store.cmap))).decode()
+        body = (f"<img src='data:image/png;base64,{png}' width='{size}' height='{size}' "
+                f"alt='image #{img_id}'>")  # fmt: skip
     except ImageAccessError as e:
-        body = pn.pane.Alert(str(e), alert_type="warning", width=size)
+        body = f"<div class='asap-unavailable' style='width:{size}px'>{html.escape(str(e))}</div>"
     label = LABEL_NAMES[int(p.label[row])]
     wrong = " ✗" if p.error[row] else ""
-    gen = p.generators[p.generator[row]]
+    gen = html.escape(p.generators[p.generator[row]])
     caption = f"#{img_id} · {label} · {gen}<br>p(fake) {p.p_fake[row]:.2f}{wrong}"
-    return pn.Column(body, pn.pane.HTML(caption, styles={"font-size": "11px"}, margin=0),
-                     width=size + 10, css_classes=["asap-card"])  # fmt: skip
+    style = f"margin:0;width:{size + 10}px"
+    return (f"<figure class='asap-card' data-id='{img_id}' style='{style}'>{body}"
+            f"<figcaption style='font-size:11px'>{caption}</figcaption></figure>")  # fmt: skip
+
+
+def gallery(store: DataStore, rows, channel: int, size: int = 128) -> pn.pane.HTML:
+    """The images of ``rows`` as one HTML pane: one model for the page to replace, where a
+    pane per image and caption made a selection change rebuild dozens of models (issue 11)."""
+    cards = "".join(image_card(store, int(r), channel, size) for r in rows)
+    return pn.pane.HTML(
+        f"<div class='asap-gallery' style='display:flex;flex-wrap:wrap;gap:6px'>{cards}</div>",
+        sizing_mode="stretch_width",
+    )
 
 
 def _num(v: float, sign: str = "") -> str:
@@ -99,15 +145,12 @@ def maps_note(store: DataStore) -> str:
     )
 
 
-class ImageView(pn.viewable.Viewer):
+class ImageView(TabView):
     """The selection's images, sorted, with the chosen relevance map over each."""
 
+    STORE_DEPS = (*SELECTION_DEPS, "map_name", "map_method", "cmap", "opacity", "sort_by")
+
     n_images = param.Integer(default=24, bounds=(1, 200))
-
-    store = param.ClassSelector(class_=DataStore, constant=True)
-
-    def __init__(self, store: DataStore, **params):
-        super().__init__(store=store, **params)
 
     @param.depends("store.map_name", "store.map_method")
     def trust(self):
@@ -115,16 +158,14 @@ class ImageView(pn.viewable.Viewer):
         text = f"{maps_note(self.store)}  \n{faithfulness_note(self.store)}"
         return pn.pane.Markdown(text, css_classes=["asap-maps"], sizing_mode="stretch_width")
 
-    @param.depends("store.selection_version", "store.filter_version", "store.map_name",
-                   "store.map_method", "store.cmap", "store.opacity", "store.sort_by",
-                   "n_images")  # fmt: skip
+    @param.depends("version", "n_images")
     def cards(self):
         store = self.store
         rows = store.sorted_rows(store.selected)[: self.n_images]
         if len(rows) == 0:
             return pn.pane.Markdown("No images match the filters and selection.")
         channel = MAP_NAMES.index(store.map_name)
-        return pn.FlexBox(*[image_card(store, int(r), channel) for r in rows])
+        return gallery(store, rows, channel)
 
     def __panel__(self):
         s = self.store
@@ -138,38 +179,42 @@ class ImageView(pn.viewable.Viewer):
         return pn.Column(controls, self.trust, self.cards, sizing_mode="stretch_width")
 
 
-class DimensionView(pn.viewable.Viewer):
+class DimensionView(TabView):
     """The 16 distilled dimensions: real vs fake distributions in the selection, how well each
     separates them (AUC), and the images that drive a chosen dimension most."""
 
+    STORE_DEPS = (*SELECTION_DEPS, "opacity", "cmap")
+
     dimension = param.Selector(default=DISTILLED_COLUMNS[0], objects=DISTILLED_COLUMNS)
-    store = param.ClassSelector(class_=DataStore, constant=True)
 
     def __init__(self, store: DataStore, **params):
         super().__init__(store=store, **params)
         self.values = store.dims  # shared, read-only
 
-    @param.depends("store.selection_version", "store.filter_version")
+    @param.depends("version")
     def histograms(self):
+        """Real (blue) and fake (red) distributions of each dimension in the selection, with
+        its separation AUC: one image of 16 small multiples."""
         rows = self.store.selected
         label = self.store.points.label[rows]
-        plots = []
+        panels = []
         for j, name in enumerate(DISTILLED_COLUMNS):
             v = self.values[rows, j]
             lo, hi = (float(v.min()), float(v.max())) if len(v) else (0.0, 1.0)
             edges = np.linspace(lo, hi if hi > lo else lo + 1, 25)
             real, fake = (density(v[label == k], edges) for k in (0, 1))
             auc = separation_auc(v[label == 0], v[label == 1])
-            title = f"{name}  AUC {auc:.2f}" if np.isfinite(auc) else name
-            plots.append(
-                (hv.Histogram((edges, real), label="real").opts(color="#3b4cc0", alpha=0.5)
-                 * hv.Histogram((edges, fake), label="fake").opts(color="#b40426", alpha=0.5))
-                .opts(title=title, show_legend=False, xaxis=None, yaxis=None,
-                      width=165, height=110, toolbar=None)
-            )  # fmt: skip
-        return pn.pane.HoloViews(hv.Layout(plots).cols(4), linked_axes=False)
+            panels.append((f"{name}  AUC {auc:.2f}" if np.isfinite(auc) else name, real, fake))
+        grid = histogram_grid(panels)
+        return pn.Column(
+            pn.pane.HTML("<span style='color:#3b4cc0'>■</span> real "
+                         "<span style='color:#b40426'>■</span> fake · each panel scaled to its "
+                         "own peak", styles={"font-size": "11px"}, margin=(0, 5)),
+            pn.pane.PNG(to_png(grid), width=grid.shape[1], height=grid.shape[0],
+                        css_classes=["asap-histograms"]),
+        )  # fmt: skip
 
-    @param.depends("store.selection_version", "store.filter_version")
+    @param.depends("version")
     def ranking(self):
         """The dimensions ranked by how well they separate real from fake in the selection."""
         rows = self.store.selected
@@ -192,8 +237,7 @@ class DimensionView(pn.viewable.Viewer):
             ]
         return pn.pane.DataFrame(df, index=False, css_classes=["asap-dimensions"])
 
-    @param.depends("store.selection_version", "store.filter_version", "dimension",
-                   "store.opacity", "store.cmap")  # fmt: skip
+    @param.depends("version", "dimension")
     def drivers(self):
         rows = self.store.selected
         j = DISTILLED_COLUMNS.index(self.dimension)
@@ -203,8 +247,7 @@ class DimensionView(pn.viewable.Viewer):
             f"Images with the highest **{self.dimension}**, with that dimension's map (by "
             f"{DIMENSION_MAPS_METHOD}):"
         )
-        cards = [image_card(self.store, int(r), channel, 96) for r in top]
-        return pn.Column(pn.pane.Markdown(text), pn.FlexBox(*cards))
+        return pn.Column(pn.pane.Markdown(text), gallery(self.store, top, channel, 96))
 
     def __panel__(self):
         pick = pn.widgets.Select.from_param(self.param.dimension, name="dimension", width=120)
@@ -258,13 +301,8 @@ def pattern_header(patterns: pd.DataFrame, k: int) -> str:
     )
 
 
-class PatternView(pn.viewable.Viewer):
+class PatternView(TabView):
     """Discovered patterns within the selection, ranked by measured impact."""
-
-    store = param.ClassSelector(class_=DataStore, constant=True)
-
-    def __init__(self, store: DataStore, **params):
-        super().__init__(store=store, **params)
 
     def empty(self):
         return pn.pane.Alert(
@@ -273,7 +311,7 @@ class PatternView(pn.viewable.Viewer):
             alert_type="info",
         )
 
-    @param.depends("store.selection_version", "store.filter_version")
+    @param.depends("version")
     def table(self):
         tables = self.store.patterns
         if tables is None:
@@ -295,7 +333,7 @@ class PatternView(pn.viewable.Viewer):
         tab.param.watch(pick, "selection")
         return tab
 
-    @param.depends("store.pattern", "store.selection_version", "store.filter_version")
+    @param.depends("store.pattern", "version")
     def detail(self):
         tables, k = self.store.patterns, self.store.pattern
         if tables is None or k is None:
@@ -335,7 +373,8 @@ class PatternView(pn.viewable.Viewer):
         return pn.pane.PNG(to_png(rgb), width=size, height=size)
 
     def __panel__(self):
-        return pn.Column(self.table, self.detail, sizing_mode="stretch_width")
+        return pn.Column(self.table, self.detail, sizing_mode="stretch_width",
+                         css_classes=["asap-patterns"])  # fmt: skip
 
 
 class ExportView(pn.viewable.Viewer):

@@ -12,6 +12,7 @@ import param
 
 from .datastore import DataStore
 from .render import ImageAccessError, overlay, to_png
+from .views import TabView
 
 
 @lru_cache(maxsize=2)
@@ -51,10 +52,12 @@ def rescore(store: DataStore, image_id: int, cells: list[tuple[int, int]]):
     return before, float(scores[0]), [float(v) for v in scores[1:]]
 
 
-class WhatIfView(pn.viewable.Viewer):
+class WhatIfView(TabView):
     """Pick patches of the first selected image to mask them; re-score on demand."""
 
-    store = param.ClassSelector(class_=DataStore, constant=True)
+    STORE_DEPS = ("selection_version", "filter_version", "opacity", "cmap", "sort_by",
+                  "map_method")  # fmt: skip
+
     cells = param.ListSelector(default=[], objects=[], doc="masked patches (row, column)")
     result = param.String(default="")
 
@@ -97,8 +100,7 @@ class WhatIfView(pn.viewable.Viewer):
             "matter when they lower p(fake) more than that."
         )
 
-    @param.depends("cells", "store.selection_version", "store.filter_version", "store.opacity",
-                   "store.cmap", "store.sort_by", "store.map_method")  # fmt: skip
+    @param.depends("cells", "version")
     def image(self):
         """The first selected image with its fake map (by the store's map_method), masked
         patches greyed out."""

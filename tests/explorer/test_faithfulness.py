@@ -3,6 +3,7 @@ every map and shows the run's measured faithfulness next to them, the fake map s
 methods the run stored (every fake overlay follows, and the share link keeps it), and patterns
 whose impact is not significant are marked."""
 
+import base64
 import io
 import re
 import shutil
@@ -36,6 +37,12 @@ def make_app():
 
 def png_pixels(pane) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(pane.object)).convert("RGB"))
+
+
+def gallery_pixels(pane, i: int = 0) -> np.ndarray:
+    """The ``i``-th image of an HTML gallery (PNG data URLs)."""
+    src = re.findall(r"src='data:image/png;base64,([^']+)'", pane.object)[i]
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(src))).convert("RGB"))
 
 
 def number(text: str) -> float:
@@ -137,7 +144,7 @@ def test_method_switch_changes_every_fake_overlay(small_run, make_app):
     s.select_rows(np.array([row]), "tap")
 
     def card() -> np.ndarray:
-        return png_pixels(app.images.cards().objects[0][0])
+        return gallery_pixels(app.images.cards())
 
     def expected(method, size=128, channel=0) -> np.ndarray:
         heat = rel.fake_maps(part, prow, method)[0] if channel == 0 else rel.take(part, prow)[0, 1]
