@@ -40,3 +40,13 @@ def test_explorer_benchmark_runs():
     line = _last_line(["benchmarks/explorer.py", "--sizes", "20000", "--repeats", "1"])
     want = r"first_frame_ms=\d+ reaggregate_ms=\d+ glyphs_ms=\d+ select_1m_ms=\d+ rss_mb=\d+"
     assert re.fullmatch(want, line), line
+
+
+@pytest.mark.browser
+def test_browser_benchmark_runs():
+    """Every action of the browser benchmark changes the page's pixels (a wait that never sees a
+    change prints inf and fails the pattern)."""
+    line = _last_line(["benchmarks/browser.py", "--run", "", "--sizes", "20000", "--repeats", "1",
+                       "--sessions", "2", "--quiet", "500", "--timeout", "120"])  # fmt: skip
+    want = r"load_ms=\d+ zoom_ms=\d+ select_ms=\d+ filter_ms=\d+ sessions20_p95_ms=\d+"
+    assert re.fullmatch(want, line), line
