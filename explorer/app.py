@@ -20,7 +20,7 @@ from .whatif import WhatIfView
 
 # parameters of the DataStore mirrored in the page's URL, so that a view can be shared
 URL_STATE = ("labels", "generators", "predicted", "misclassified", "score_range", "color_by",
-             "map_name", "map_method", "x_range", "y_range", "pattern")  # fmt: skip
+             "map_name", "map_method", "x_range", "y_range", "pattern", "selection")  # fmt: skip
 FILTERS = ("labels", "predicted", "generators", "misclassified", "score_range")
 
 

@@ -76,6 +76,9 @@ class DataStore(pn.viewable.Viewer):
     x_range = param.Range(default=None, doc="overview viewport (kept in the URL)")
     y_range = param.Range(default=None)
     pattern = param.Integer(default=None, allow_None=True, doc="pattern highlighted")
+    # the selection as its geometry, so that a shared link reselects the same images:
+    # {"box": [x0, y0, x1, y1]}, {"lasso": [[x, y], ...]} or {"tap": image id}; None: no selection
+    selection = param.Dict(default=None, allow_None=True, doc="selection geometry (in the URL)")
     # what a shared link asked for that could not be shown (out of range, unknown), said in words
     notices = param.List(default=[], precedence=-1)
 
@@ -101,7 +104,10 @@ class DataStore(pn.viewable.Viewer):
         self.faithfulness = load_faithfulness(self.run)
         self.mask = np.ones(len(self.points), bool)
         self._selection: np.ndarray | None = None
+        self._own_geometry = False
         self._update_mask()
+        if self.selection is not None:
+            self._apply_selection()
 
     # ----- state from a link ---------------------------------------------------------------------
     def valid_range(self, axis: str, value) -> str | None:
@@ -195,21 +201,70 @@ class DataStore(pn.viewable.Viewer):
         self.selection_kind = kind if rows is not None else "none"
         self.selection_version += 1
 
+    def _geometry(self, geometry: dict | None) -> None:
+        """Record the selection's geometry (for the link) without selecting again."""
+        self._own_geometry = True
+        try:
+            self.selection = geometry
+        finally:
+            self._own_geometry = False
+
     def select_box(self, x0, y0, x1, y1) -> None:
         self.select_rows(box_select(self.points, x0, x1, y0, y1, self.mask), "box")
+        self._geometry({"box": [float(v) for v in (x0, y0, x1, y1)]})
 
     def select_lasso(self, polygon) -> None:
-        self.select_rows(lasso_select(self.points, np.asarray(polygon), self.mask), "lasso")
+        polygon = np.asarray(polygon, np.float64)
+        self.select_rows(lasso_select(self.points, polygon, self.mask), "lasso")
+        self._geometry({"lasso": polygon.round(6).tolist()})
 
     def select_nearest(self, x: float, y: float) -> None:
         idx = np.flatnonzero(self.mask)
         if len(idx) == 0:
             return
         d = (self.points.x[idx] - x) ** 2 + (self.points.y[idx] - y) ** 2
-        self.select_rows(idx[[int(np.argmin(d))]], "tap")
+        row = idx[int(np.argmin(d))]
+        self.select_rows(np.array([row]), "tap")
+        self._geometry({"tap": int(self.points.id[row])})
 
     def clear_selection(self) -> None:
         self.select_rows(None, "none")
+        self._geometry(None)
+
+    @param.depends("selection", watch=True)
+    def _apply_selection(self) -> None:
+        """A selection set from outside (a shared link): select what it describes, or drop it
+        with a notice when it describes nothing this run can select."""
+        if self._own_geometry:
+            return
+        g = self.selection
+        if g is None:
+            self.select_rows(None, "none")
+            return
+        try:
+            ((kind, value),) = g.items()
+            if kind == "box":
+                x0, y0, x1, y1 = (float(v) for v in value)
+                if not all(np.isfinite([x0, y0, x1, y1])):
+                    raise ValueError
+                self.select_box(x0, y0, x1, y1)
+            elif kind == "lasso":
+                poly = np.asarray(value, np.float64)
+                if poly.ndim != 2 or poly.shape[1] != 2 or len(poly) < 3:
+                    raise ValueError
+                if not np.isfinite(poly).all():
+                    raise ValueError
+                self.select_lasso(poly)
+            elif kind == "tap":
+                rows = np.flatnonzero(self.points.id == int(value))
+                if len(rows) != 1:
+                    raise ValueError
+                self.select_rows(rows, "tap")
+            else:
+                raise ValueError
+        except (ValueError, TypeError):
+            self._notice(f"selection={g!r} was ignored: not a box, lasso or image id of this run")
+            self._geometry(None)
 
     @property
     def selected(self) -> np.ndarray:

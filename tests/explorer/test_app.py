@@ -264,3 +264,42 @@ def test_only_the_tab_on_screen_recomputes(patterned_run):
     assert [v.version - b for v, b in zip(views, before)] == [2, 0, 2, 0]
     tabs.active = 0
     assert [v.version - b for v, b in zip(views, before)] == [3, 0, 2, 0]
+
+
+def test_the_selection_travels_in_the_share_link(patterned_run):
+    """Box, lasso and tap selections are in the share link as geometry; opening the link selects
+    the same images; a selection the run cannot make is dropped with a notice."""
+    from urllib.parse import parse_qs, urlparse
+
+    from explorer.app import App, load_extensions
+    from explorer.datastore import DataStore
+
+    load_extensions()
+    app = App(str(patterned_run[0]), sync_url=False)
+    s, p = app.store, app.store.points
+    qx, qy = np.quantile(p.x, [0, 0.5]), (float(p.y.min()), float(p.y.max()))
+    x, y, big = float(p.x[3]), float(p.y[3]), float(np.ptp(p.x) + np.ptp(p.y))
+    lasso = [[x - big, y - 0.01], [x + big, y - 0.01], [x, y + big]]  # point 3 and others
+    selections = {
+        "box": lambda: s.select_box(qx[0], qy[0], qx[1], qy[1]),
+        "lasso": lambda: s.select_lasso(lasso),
+        "tap": lambda: s.select_nearest(float(p.x[7]), float(p.y[7])),
+    }
+    for kind, select in selections.items():
+        select()
+        want = s.selected.copy()
+        assert 0 < len(want) < len(p)
+        link = parse_qs(urlparse(app.share_url()).query)
+        geometry = json.loads(link["selection"][0])
+        assert list(geometry) == [kind]
+        other = DataStore(str(patterned_run[0]))
+        other.apply_link_state({"selection": geometry})
+        assert np.array_equal(other.selected, want) and f"({kind})" in other.summary()
+        assert other.notices == []
+    s.clear_selection()
+    assert "selection" not in app.share_url()
+    for bad in ({"box": [0, "a", 1, 2]}, {"tap": -5}, {"lasso": [[0, 0]]}, {"circle": 1}):
+        other = DataStore(str(patterned_run[0]))
+        other.apply_link_state({"selection": bad})
+        assert other.selection is None and len(other.selected) == len(p)
+        assert any("selection=" in n for n in other.notices), bad

@@ -193,7 +193,12 @@ def test_box_selection_drives_every_view(server, browser):
         page.get_by_role("button", name="Export selection").click()
     exported = pd.read_csv(dl.value.path())
     assert len(exported) == n and {"path", "label", "generator", "p_fake"} <= set(exported)
-    assert p.errors == []
+    # the share link carries the selection: opening it selects the same images
+    share = page.locator(".asap-share input")
+    assert settle(p, lambda: "selection=" in share.input_value()), share.input_value()
+    q = Page(browser, share.input_value())
+    assert q.wait_summary(r"\(box\)").startswith(f"{n:,} images (box)")
+    assert p.errors == [] and q.errors == []
 
 
 def test_filter_changes_overview_and_url(server, browser):
