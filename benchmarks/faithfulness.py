@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from pipeline import ingest
-from pipeline.config import EncoderConfig, TrainConfig
+from pipeline.config import STEMS, EncoderConfig, TrainConfig
 from pipeline.encoder import create_encoder, load_encoder
 from pipeline.explain import DEFAULT_METHOD, METHODS
 from pipeline.imageio import load_for_model, normalize
@@ -118,7 +118,7 @@ def suite_seed(args, seed: int, methods: list[str]) -> dict:
         if args.encoder:
             model, info = load_encoder(args.encoder), {}
         else:
-            model = create_encoder(EncoderConfig(model_name=args.model))
+            model = create_encoder(EncoderConfig(model_name=args.model, stem=args.stem))
             tcfg = TrainConfig(epochs=args.epochs, seed=seed)
             info = train_encoder(model, images, tcfg)
         model.eval()
@@ -242,6 +242,8 @@ def main() -> None:
     ap.add_argument("--n-fake", type=int, default=120, help="fakes per base and family")
     ap.add_argument("--model", default="asap-tiny-vit-64")
     ap.add_argument("--epochs", type=int, default=TrainConfig.epochs)
+    ap.add_argument("--stem", default=None, choices=STEMS, help="the detector's stem (default: "
+                    "the default for a tower trained from scratch)")  # fmt: skip
     ap.add_argument("--encoder", default=None, help="score this encoder instead of training")
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--batch", type=int, default=64)
