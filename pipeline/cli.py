@@ -144,6 +144,9 @@ def _add_run(sub) -> None:
     r.add_argument("--scheduler", default=None, help="address of an existing Dask scheduler")
     r.add_argument("--workers", type=int, default=None, help="LocalCluster workers")
     r.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+    r.add_argument("--precision", default="auto", choices=("auto", "fp32", "tf32", "bf16"),
+                   help="arithmetic of the encoder and its maps: auto = tf32 on a GPU, fp32 "
+                   "on a CPU; bf16 = bfloat16 autocast (README, 'At scale')")  # fmt: skip
     r.add_argument("--fresh", action="store_true", help="delete the run directory and start over")
     r.add_argument("--quiet", action="store_true", help="no progress output")
     g = p.add_argument_group("patterns")
@@ -154,7 +157,8 @@ def _add_run(sub) -> None:
     g.add_argument("--pattern-feature", choices=["token", "spectrum", "both"], default="spectrum")
     g.add_argument("--impact-images", type=int, default=PatternConfig.impact_images)
     g.add_argument("--faithfulness-images", type=int, default=PatternConfig.faithfulness_images,
-                   help="images per partition with deletion/insertion curves")  # fmt: skip
+                   help="images (in all, spread over the partitions) with deletion/insertion "
+                   "curves")  # fmt: skip
     _add_columns(p)
 
 
@@ -269,6 +273,7 @@ def build_config(a: argparse.Namespace) -> RunConfig:
         scheduler=a.scheduler,
         workers=a.workers,
         device=a.device,
+        precision=a.precision,
         max_pixels=a.max_pixels,
         min_side=a.min_side,
         progress=not a.quiet,

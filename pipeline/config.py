@@ -95,7 +95,9 @@ class PatternConfig:
     )
     sample: int = 20000  # patches in the sample that initialises k-means and picks k
     impact_images: int = 64  # member images re-scored per pattern (and as many random controls)
-    faithfulness_images: int = 32  # images per partition with deletion/insertion curves
+    # images (in all, spread evenly over the partitions) with deletion/insertion curves: bounded,
+    # so that the pattern stage's cost does not grow with the run (issue 10)
+    faithfulness_images: int = 128
     steps: int = 10  # deletion/insertion steps from 0 to 100% of the patches
     seed: int = 0
 
@@ -160,6 +162,8 @@ class RunConfig:
     scheduler: str | None = None  # address of an existing Dask scheduler; None: LocalCluster
     workers: int | None = None  # LocalCluster workers; None: one per GPU, else one
     device: str | None = None  # "cpu", "cuda"; None: cuda when the worker has one
+    # arithmetic of the encoder and its maps (pipeline.precision): auto = tf32 on a GPU, else fp32
+    precision: str = "auto"
     max_pixels: int = 64_000_000  # decompression-bomb guard
     min_side: int = 8  # smaller images are rejected
     progress: bool = True
@@ -171,6 +175,12 @@ class RunConfig:
         object.__setattr__(self, "maps", get_method(self.maps or DEFAULT_METHOD).name)
         compare = tuple(dict.fromkeys(get_method(m).name for m in self.compare_maps))
         object.__setattr__(self, "compare_maps", tuple(m for m in compare if m != self.maps))
+        from .precision import PRECISIONS
+
+        if self.precision not in PRECISIONS:
+            raise ValueError(
+                f"--precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}"
+            )
         if self.layout not in ("umap", "pca"):
             raise ValueError(f"layout must be 'umap' or 'pca', got {self.layout!r}")
         if self.partition_size < 1 or self.batch_size < 1:

@@ -80,13 +80,18 @@ def spectrum_features(pixels: torch.Tensor, reference: torch.Tensor, gy, gx, gri
     gh, gw = grid
     ph, pw = pixels.shape[-2] // gh, pixels.shape[-1] // gw
     resid = (pixels - reference).mean(dim=1)  # (B, S, S)
-    out = []
-    for b, (y, x) in enumerate(zip(gy, gx)):
-        y0 = min(max(int(y) - 1, 0), max(gh - 3, 0))
-        x0 = min(max(int(x) - 1, 0), max(gw - 3, 0))
-        win = resid[b, y0 * ph : (y0 + 3) * ph, x0 * pw : (x0 + 3) * pw]  # (3ph, 3pw)
-        out.append(torch.log1p(torch.fft.rfft2(win).abs()).flatten())
-    f = torch.stack(out)
+    if len(resid) == 0:
+        return np.zeros((0, 3 * ph * (3 * pw // 2 + 1)), np.float32)
+    gy = torch.as_tensor(np.asarray(gy, np.int64))
+    gx = torch.as_tensor(np.asarray(gx, np.int64))
+    y0 = (gy - 1).clamp(min=0).clamp(max=max(gh - 3, 0)) * ph
+    x0 = (gx - 1).clamp(min=0).clamp(max=max(gw - 3, 0)) * pw
+    rows = (y0[:, None] + torch.arange(3 * ph))[:, :, None]  # (n, 3ph, 1)
+    cols = (x0[:, None] + torch.arange(3 * pw))[:, None, :]  # (n, 1, 3pw)
+    win = resid[
+        torch.arange(len(resid))[:, None, None], rows.to(resid.device), cols.to(resid.device)
+    ]
+    f = torch.log1p(torch.fft.rfft2(win).abs()).flatten(1)  # all windows in one batched FFT
     return (f / f.norm(dim=1, keepdim=True).clamp_min(1e-12)).cpu().numpy()
 
 
@@ -133,9 +138,14 @@ def faithfulness(model, pixels, orders: dict[str, torch.Tensor], steps: int) -> 
     return pd.concat(rows, ignore_index=True)
 
 
+def faith_quota(total: int, n_parts: int, part: int) -> int:
+    """Partition ``part``'s share of ``total`` faithfulness images (shares differ by at most 1)."""
+    return total // n_parts + (1 if part < total % n_parts else 0)
+
+
 def patch_partition(part: int, paths: list[bytes], run_root: str, model_path: str, sha: str,
                     cfg: PatternConfig, device: str | None, batch_size: int,
-                    methods: list[str]) -> dict:  # fmt: skip
+                    methods: list[str], n_parts: int = 1) -> dict:  # fmt: skip
     """Describe one partition's top patches and its faithfulness sample; write patches-NNNNN.npz."""
     run = RunPaths(Path(run_root))
     out_path = run.part_patches(part)
@@ -150,7 +160,8 @@ def patch_partition(part: int, paths: list[bytes], run_root: str, model_path: st
     # faithfulness on images scored fake: deleting fake evidence must lower p(fake)
     rng = np.random.default_rng(cfg.seed + part)
     scored_fake = np.flatnonzero(feats["pred"].to_numpy() == 1)
-    faith_rows = set(rng.permutation(scored_fake)[: cfg.faithfulness_images].tolist())
+    quota = faith_quota(cfg.faithfulness_images, n_parts, part)
+    faith_rows = set(rng.permutation(scored_fake)[:quota].tolist())
     acc = {k: [] for k in ("id", "gy", "gx", "relevance", "feature", "dims")}
     faith = []
     for s in range(0, len(feats), batch_size):
@@ -362,7 +373,7 @@ def stage_patterns(cfg: RunConfig, run: RunPaths, images: pd.DataFrame, parts: l
         futs.append(client.submit(
             patch_partition, i, paths_of.loc[ids].tolist(), str(run.root.resolve()),
             str(run.encoder.resolve()), sha, pcfg, cfg.device, cfg.batch_size,
-            [cfg.maps, *cfg.compare_maps], pure=False,
+            [cfg.maps, *cfg.compare_maps], len(parts), pure=False,
             key=f"asap-patches-{sha[:12]}-{i}",
         ))  # fmt: skip
     for f in as_completed_watched(client, futs):

@@ -20,6 +20,7 @@ import pandas as pd
 
 from . import ingest as ingest_mod
 from .config import RunConfig
+from .devices import gpu_worker_env
 from .layout import compute_layout
 from .schema import (
     FEATURE_COLUMNS,
@@ -65,6 +66,23 @@ def _say(cfg: RunConfig, msg: str) -> None:
         print(f"[asap] {msg}", file=sys.stderr, flush=True)
 
 
+def gpu_cluster(n_workers: int, device_count: int, threads: int = 2, env=None):
+    """A local cluster of ``n_workers`` GPU workers, worker i on GPU i (its environment's
+    CUDA_VISIBLE_DEVICES lists that GPU first; see pipeline.devices)."""
+    from distributed import Nanny, Scheduler, SpecCluster
+
+    envs = gpu_worker_env(n_workers, os.environ if env is None else env, device_count)
+    workers = {
+        f"gpu-{i}": {
+            "cls": Nanny,
+            "options": {"nthreads": threads, "env": e, "silence_logs": logging.ERROR},
+        }
+        for i, e in enumerate(envs)
+    }
+    scheduler = {"cls": Scheduler, "options": {"dashboard_address": ":0"}}
+    return SpecCluster(workers=workers, scheduler=scheduler, silence_logs=logging.ERROR)
+
+
 @contextmanager
 def dask_client(cfg: RunConfig):
     """A client of the given scheduler, or of a new LocalCluster (one worker per GPU, else one)."""
@@ -90,13 +108,16 @@ def dask_client(cfg: RunConfig):
     # computes (a task otherwise starts with the GPU idle). On a CPU, one: torch uses the cores.
     gpu = torch.cuda.is_available() and cfg.device != "cpu"
     with dask.config.set(WORKER_SETTINGS):
-        cluster = LocalCluster(
-            n_workers=n,
-            threads_per_worker=2 if gpu else 1,
-            processes=True,
-            dashboard_address=":0",
-            silence_logs=logging.ERROR,
-        )
+        if gpu:
+            cluster = gpu_cluster(n, torch.cuda.device_count())
+        else:
+            cluster = LocalCluster(
+                n_workers=n,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=":0",
+                silence_logs=logging.ERROR,
+            )
     client = Client(cluster)
     try:
         yield client
@@ -271,6 +292,7 @@ def stage_encode(cfg: RunConfig, paths: RunPaths, images: pd.DataFrame, sha: str
             maps=cfg.maps,
             compare=cfg.compare_maps,
             device=cfg.device,
+            precision=cfg.precision,
             torch_threads=threads,
             limits=limits,
             pure=False,
@@ -280,6 +302,7 @@ def stage_encode(cfg: RunConfig, paths: RunPaths, images: pd.DataFrame, sha: str
     ]
     t0 = time.perf_counter()
     n = 0
+    used: dict[str, set] = {"device": set(), "precision": set()}
     bar = None
     if cfg.progress:
         from tqdm import tqdm
@@ -292,6 +315,9 @@ def stage_encode(cfg: RunConfig, paths: RunPaths, images: pd.DataFrame, sha: str
         for done, fut in enumerate(as_completed_watched(client, futs), 1):
             res = fut.result()
             n += res["n"]
+            for k in used:
+                if res.get(k):
+                    used[k].add(res[k])
             if bar:
                 bar.update(1)
             if done == kill_after:
@@ -302,7 +328,13 @@ def stage_encode(cfg: RunConfig, paths: RunPaths, images: pd.DataFrame, sha: str
         if bar:
             bar.close()
     secs = time.perf_counter() - t0
-    return {"partitions": len(parts), "computed": len(todo), "images": n, "seconds": secs}
+    return {
+        "partitions": len(parts),
+        "computed": len(todo),
+        "images": n,
+        "seconds": secs,
+        **{k: sorted(v) for k, v in used.items()},  # what the workers ran on
+    }
 
 
 def collect_features(paths: RunPaths, n_parts: int) -> pd.DataFrame:
@@ -346,6 +378,22 @@ def stage_layout(cfg: RunConfig, paths: RunPaths, images: pd.DataFrame) -> dict:
     return {"points": len(feats), "method": cfg.layout, "seed": cfg.seed}
 
 
+def _peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MiB (Linux reports KiB)."""
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def peak_rss(client) -> dict:
+    """Peak resident memory so far of the driver and of the largest worker process, in MiB."""
+    try:
+        workers = max(client.run(_peak_rss_mb).values(), default=0.0)
+    except Exception:  # a worker that went away: the driver's figure still counts
+        workers = None
+    return {"driver_peak_rss_mb": _peak_rss_mb(), "worker_peak_rss_mb": workers}
+
+
 def run_pipeline(cfg: RunConfig, fresh: bool = False) -> RunPaths:
     """Run (or resume) every stage; returns the run directory's paths."""
     paths = RunPaths(Path(cfg.out))
@@ -355,6 +403,7 @@ def run_pipeline(cfg: RunConfig, fresh: bool = False) -> RunPaths:
     def done(name: str, info: dict, t0: float) -> None:
         stages[name] = info
         timings[name] = round(time.perf_counter() - t0, 3)
+        meta.setdefault("resources", {})[name] = peak_rss(client)
         write_json(paths.run_json, meta)
 
     with dask_client(cfg) as client:

@@ -12,9 +12,11 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .devices import worker_device
 from .encoder import ASAPEncoder, load_encoder
 from .explain import explain
 from .imageio import ImageRejected, load_for_model, normalize
+from .precision import compute_precision, resolve_precision
 from .schema import (
     DISTILLED_COLUMNS,
     PART_FEATURE_COLUMNS,
@@ -28,18 +30,9 @@ _MODELS: dict[tuple, ASAPEncoder] = {}  # per worker process: (path, sha, device
 
 
 def pick_device(preferred: str | None) -> str:
-    """The requested device, else this worker's GPU (one per worker, by worker name), else CPU."""
-    if preferred:
-        return preferred
-    if not torch.cuda.is_available():
-        return "cpu"
-    try:
-        from distributed import get_worker
-
-        index = int(str(get_worker().name).rsplit("-", 1)[-1])
-    except (ValueError, ImportError):
-        index = 0
-    return f"cuda:{index % torch.cuda.device_count()}"
+    """The requested device when it names one, else this worker's own GPU (one per worker, from
+    its environment; see pipeline.devices), else CPU."""
+    return worker_device(preferred)
 
 
 def cached_model(path: str, sha: str, device: str) -> ASAPEncoder:
@@ -72,6 +65,7 @@ def encode_rows(
     device: str,
     limits: dict | None = None,
     compare: tuple[str, ...] = (),
+    precision: str = "auto",
 ):
     """Encode + explain ``paths`` with method ``maps`` (and the fake maps of the ``compare``
     methods): (index of each kept path, outputs dict, [(index, reason)])."""
@@ -95,7 +89,8 @@ def encode_rows(
             if not good:
                 continue
             pixels = normalize(np.stack(arrs), mean, std).to(device)
-            ex = explain(model, pixels, maps, compare)
+            with compute_precision(precision, device):
+                ex = explain(model, pixels, maps, compare)
             kept += good
             cmp = [ex.compare[m] for m in compare]
             gh, gw = ex.maps.shape[-2:]
@@ -129,6 +124,7 @@ def encode_partition(
     torch_threads: int | None,
     limits: dict,
     compare: tuple[str, ...] = (),
+    precision: str = "auto",
 ) -> dict:
     """Compute and write one partition; a partition whose features file exists is skipped."""
     run = RunPaths(Path(run_root))
@@ -147,6 +143,7 @@ def encode_partition(
         device=device,
         limits=limits,
         compare=compare,
+        precision=precision,
     )
     kept = np.asarray(kept, dtype=np.int64)
     feats = pd.DataFrame({"id": ids[kept]})
@@ -171,4 +168,11 @@ def encode_partition(
         )
         write_table(run.part_rejects(part), rej, REJECT_COLUMNS)
     write_table(run.part_features(part), feats, PART_FEATURE_COLUMNS)
-    return {"part": part, "skipped": False, "n": len(kept), "seconds": time.perf_counter() - t0}
+    return {
+        "part": part,
+        "skipped": False,
+        "n": len(kept),
+        "seconds": time.perf_counter() - t0,
+        "device": device,
+        "precision": resolve_precision(precision, device),
+    }

@@ -3,6 +3,7 @@ asserted: speed is measured by running the scripts, not by tests)."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -50,3 +51,22 @@ def test_browser_benchmark_runs():
                        "--sessions", "2", "--quiet", "500", "--timeout", "120"])  # fmt: skip
     want = r"load_ms=\d+ zoom_ms=\d+ select_ms=\d+ filter_ms=\d+ sessions20_p95_ms=\d+"
     assert re.fullmatch(want, line), line
+
+
+def test_scale_benchmark_runs(tmp_path):
+    """The scale benchmark writes its images, runs `asap run` in a fresh process and prints the
+    stages and its summary line; the run it made records what the workers ran on."""
+    images, out = tmp_path / "images", tmp_path / "run"
+    line = _last_line(["benchmarks/scale.py", "--n", "240", "--images", str(images), "--out",
+                       str(out), "--model", "asap-micro-vit-64", "--", "--epochs", "1",
+                       "--partition-size", "64", "--no-patterns", "--layout", "pca"])  # fmt: skip
+    want = r"e2e_img_per_s=\d+\.\d+ encode_efficiency=\d+\.\d+ driver_rss_mb=\d+"
+    assert re.fullmatch(want, line), line
+    assert len(list(images.rglob("*.jpg"))) == 240
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["stages"]["encode"]["images"] == 240
+    assert meta["stages"]["encode"]["device"] == ["cpu"]
+    assert meta["stages"]["encode"]["precision"] == ["fp32"]
+    for stage in ("ingest", "train", "encode", "layout"):
+        assert meta["resources"][stage]["driver_peak_rss_mb"] > 0
+        assert meta["resources"][stage]["worker_peak_rss_mb"] > 0

@@ -145,6 +145,42 @@ def test_awkward_images_decode_correctly(zoo):
         assert arr.dtype == np.uint8 and arr.ndim == 3 and arr.shape[-1] == 3
 
 
+def test_model_reader_decodes_large_jpegs_at_reduced_scale(tmp_path):
+    """load_for_model (every stage's reader) decodes a large JPEG in the DCT domain at the scale
+    the model needs: the result matches full decoding + resizing up to resampling differences,
+    and a rotated, CMYK or grey JPEG comes out upright RGB as with full decoding."""
+    import io
+
+    from PIL import Image
+
+    from pipeline.imageio import load_for_model, resize_center_crop
+
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0, 255, size=(6, 9, 3)).astype(np.uint8)
+    smooth = np.asarray(Image.fromarray(base).resize((384, 256), Image.Resampling.BICUBIC))
+    for mode in ("RGB", "CMYK", "L"):
+        buf = io.BytesIO()
+        Image.fromarray(smooth).convert(mode).save(buf, "JPEG", quality=95)
+        data = buf.getvalue()
+        path = tmp_path / f"{mode}.jpg"
+        path.write_bytes(data)
+        small, _ = decode_image(data, draft=64)
+        assert small.shape == (64, 96, 3)  # 1/4 scale: the smallest keeping the short side >= 64
+        full, _ = decode_image(data)
+        assert full.shape == (256, 384, 3)
+        got = load_for_model(str(path), 64).astype(float)
+        want = resize_center_crop(full, 64).astype(float)
+        assert got.shape == (64, 64, 3)
+        assert np.abs(got - want).mean() < 3.0, mode
+    # EXIF orientation is applied after a reduced-scale decode too
+    buf = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees
+    Image.fromarray(smooth).save(buf, "JPEG", exif=exif)
+    arr, _ = decode_image(buf.getvalue(), draft=64)
+    assert arr.shape == (96, 64, 3)
+
+
 def test_permission_denied_is_reported(tmp_path, monkeypatch):
     p = tmp_path / "x.png"
     p.write_bytes(b"\x89PNG....")

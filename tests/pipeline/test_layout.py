@@ -34,3 +34,19 @@ def test_umap_is_reproducible_from_seed():
     a, b = compute_layout(x, "umap", 7), compute_layout(x, "umap", 7)
     np.testing.assert_array_equal(a, b)
     assert np.isfinite(a).all()
+
+
+@pytest.mark.slow
+def test_umap_past_the_fit_sample_places_every_point_reproducibly():
+    """Fitted on a sample, the rest placed by transform: every point gets a finite place, the
+    same seed gives the same layout, and the clusters stay apart (points of one blob are nearer
+    each other than to another blob's)."""
+    x = _blobs()
+    labels = np.repeat([0, 1], 60)
+    a = compute_layout(x, "umap", 3, fit_sample=40)
+    b = compute_layout(x, "umap", 3, fit_sample=40)
+    np.testing.assert_array_equal(a, b)
+    assert a.shape == (len(x), 2) and np.isfinite(a).all()
+    centres = np.stack([a[labels == k].mean(0) for k in range(2)])
+    nearest = np.linalg.norm(a[:, None] - centres[None], axis=2).argmin(1)
+    assert (nearest == labels).mean() > 0.95

@@ -1,0 +1,197 @@
+"""End-to-end scale benchmark: N generated images through the real ``asap run`` in a fresh process.
+
+1. Writes N realistic 256 px JPEGs in parallel (one process per core; reused when the folder
+   already holds the same set): half real (smooth textures with sensor-like noise), half fake from
+   two generator families, each carrying a faint local trace at a random place (a checkerboard or
+   a grating of a few grey levels), in the ``0_real|1_fake`` layout.
+2. Runs ``asap run`` on them in a fresh process (``python -m pipeline.cli run ...``), with any
+   extra arguments after ``--``.
+3. Measures, in this process once the run has finished, the compute ceiling: the run's encoder and
+   maps (``explain`` with the run's method, comparison maps and precision) on pre-decoded tensors
+   on the same device with as many torch threads as a worker had, best over batch sizes.
+
+It prints per stage the seconds, img/s and peak RSS of the driver and of the largest worker (the
+run records them in run.json), and as its last line
+
+    e2e_img_per_s=A encode_efficiency=B driver_rss_mb=C
+
+where B = encode-stage throughput / ceiling. Examples:
+
+    python benchmarks/scale.py --n 20000                       # 2-core CPU, tiny model
+    python benchmarks/scale.py --n 100000 -- --train-limit 4000
+    python benchmarks/scale.py --n 1000000 --device cuda --model ViT-B-32 --pretrained CKPT
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+try:  # must come before the package imports: see benchmarks/_isolate.py
+    import _isolate  # noqa: F401
+except ModuleNotFoundError:
+    pass
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+SIZE = 256
+FAMILIES = ("gen_checker", "gen_grating")
+CHUNK = 500
+
+
+def _real(rng: np.random.Generator, size: int) -> np.ndarray:
+    """A smooth colour texture with fine sensor-like noise (what the real half looks like)."""
+    from PIL import Image
+
+    coarse = rng.uniform(30, 225, size=(6, 6, 3)).astype(np.uint8)
+    base = np.asarray(Image.fromarray(coarse).resize((size, size), Image.Resampling.BICUBIC))
+    noise = rng.normal(0, 4, size=(size, size, 1)) + rng.normal(0, 2, size=(size, size, 3))
+    return base.astype(np.float32) + noise
+
+
+def _trace(rng: np.random.Generator, arr: np.ndarray, family: str) -> np.ndarray:
+    """A faint (a few grey levels) 48 px local trace at a random place."""
+    side = 48
+    top, left = (int(v) for v in rng.integers(0, arr.shape[0] - side, size=2))
+    yy, xx = np.mgrid[0:side, 0:side]
+    if family == "gen_checker":
+        delta = np.where((yy // 2 + xx // 2) % 2 == 0, 6.0, -6.0)
+    else:
+        delta = 6.0 * np.sin(2 * np.pi * (xx + yy) / 5.0)
+    arr[top : top + side, left : left + side] += delta[..., None]
+    return arr
+
+
+def _write_chunk(args) -> int:
+    from PIL import Image
+
+    root, start, stop, seed = args
+    for i in range(start, stop):
+        rng = np.random.default_rng([seed, i])
+        fake = i % 2 == 1
+        arr = _real(rng, SIZE)
+        if fake:
+            family = FAMILIES[(i // 2) % len(FAMILIES)]
+            arr = _trace(rng, arr, family)
+            folder = Path(root) / family / "1_fake"
+        else:
+            folder = Path(root) / FAMILIES[(i // 2) % len(FAMILIES)] / "0_real"
+        img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+        img.save(folder / f"img_{i:07d}.jpg", quality=92)
+    return stop - start
+
+
+def make_images(root: Path, n: int, seed: int = 0) -> float:
+    """Write the set (or reuse it); returns the seconds spent writing."""
+    stamp = root / "scale.json"
+    want = {"n": n, "seed": seed, "size": SIZE, "families": list(FAMILIES), "version": 1}
+    if stamp.exists() and json.loads(stamp.read_text()) == want:
+        return 0.0
+    for fam in FAMILIES:
+        for sub in ("0_real", "1_fake"):
+            (root / fam / sub).mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    jobs = [(str(root), s, min(s + CHUNK, n), seed) for s in range(0, n, CHUNK)]
+    with ProcessPoolExecutor(os.cpu_count() or 1) as pool:
+        written = sum(pool.map(_write_chunk, jobs))
+    assert written == n
+    stamp.write_text(json.dumps(want))
+    return time.perf_counter() - t0
+
+
+def ceiling(run: Path, device: str, threads: int, batches=(32, 64, 128, 256)) -> tuple[float, int]:
+    """Best img/s of the run's encoder + maps on pre-decoded tensors: (img/s, batch size)."""
+    import torch
+
+    from pipeline.encoder import load_encoder
+    from pipeline.explain import explain
+    from pipeline.precision import compute_precision
+
+    meta = json.loads((run / "run.json").read_text())
+    cfg = meta["config"]
+    torch.set_num_threads(threads)
+    model = load_encoder(run / "model" / "encoder.pt", device).requires_grad_(False)
+    precision = cfg.get("precision", "auto")
+    compare = tuple(cfg["compare_maps"])
+    best = (0.0, 0)
+    for b in batches:
+        x = torch.randn(b, 3, model.image_size, model.image_size, device=device)
+
+        def step(x=x):
+            with compute_precision(precision, device):
+                ex = explain(model, x, cfg["maps"], compare)
+            ex.maps.float().cpu()  # the pipeline copies maps to the host too
+
+        step()
+        reps, t0 = 0, time.perf_counter()
+        while reps < 3 or time.perf_counter() - t0 < 3.0:
+            step()
+            reps += 1
+        ips = b * reps / (time.perf_counter() - t0)
+        best = max(best, (ips, b))
+    return best
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", type=int, default=20000, help="images (half real, half fake)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--model", default="asap-tiny-vit-64")
+    ap.add_argument("--pretrained", default=None, help="open_clip checkpoint file (frozen tower)")
+    ap.add_argument("--images", default=None, help="image folder (default /tmp/asap-scale-N)")
+    ap.add_argument("--out", default=None, help="run directory (default /tmp/asap-scale-N-run)")
+    ap.add_argument("--workers", type=int, default=None)
+    ap.add_argument("rest", nargs=argparse.REMAINDER, help="-- then extra `asap run` arguments")
+    args = ap.parse_args()
+    extra = [a for a in args.rest if a != "--"]
+    images = Path(args.images or f"/tmp/asap-scale-{args.n}")
+    out = Path(args.out or f"/tmp/asap-scale-{args.n}-run")
+    gen_s = make_images(images, args.n)
+    print(f"images: {args.n} x {SIZE} px JPEG in {images} (written in {gen_s:.0f} s)", flush=True)
+
+    cmd = [sys.executable, "-m", "pipeline.cli", "run", str(images), "--out", str(out), "--fresh",
+           "--device", args.device, "--model", args.model]  # fmt: skip
+    if args.pretrained:
+        cmd += ["--pretrained", args.pretrained]
+    if args.workers:
+        cmd += ["--workers", str(args.workers)]
+    cmd += extra
+    print("run:", " ".join(cmd), flush=True)
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=REPO)
+    wall = time.perf_counter() - t0
+    if proc.returncode:
+        sys.exit(f"asap run failed (exit {proc.returncode})")
+    meta = json.loads((out / "run.json").read_text())
+    n = meta["stages"]["ingest"]["images"]
+    print(f"\n{'stage':<10} {'seconds':>9} {'img/s':>9} {'driver MiB':>11} {'worker MiB':>11}")
+    for stage in ("ingest", "train", "encode", "layout", "patterns"):
+        secs = meta["timings"].get(stage)
+        if secs is None:
+            continue
+        res = meta.get("resources", {}).get(stage, {})
+        print(f"{stage:<10} {secs:>9.1f} {n / max(secs, 1e-9):>9.0f} "
+              f"{res.get('driver_peak_rss_mb') or 0:>11.0f} "
+              f"{res.get('worker_peak_rss_mb') or 0:>11.0f}")  # fmt: skip
+    enc = meta["stages"]["encode"]
+    enc_ips = enc["images"] / enc["seconds"]
+    n_workers = args.workers or 1
+    threads = max(1, (os.cpu_count() or 1) // n_workers) if args.device == "cpu" else 2
+    device = "cuda" if args.device.startswith("cuda") else "cpu"
+    ceil, batch = ceiling(out, device, threads)
+    driver = max(r.get("driver_peak_rss_mb") or 0 for r in meta.get("resources", {}).values())
+    print(f"\nwall {wall:.0f} s for {n} images (process start to exit); encode {enc_ips:.0f} img/s "
+          f"on {enc.get('device')} {enc.get('precision')}; ceiling {ceil:.0f} img/s "
+          f"(batch {batch}, {threads} threads, same model, maps and precision)")  # fmt: skip
+    print(f"e2e_img_per_s={n / wall:.1f} encode_efficiency={enc_ips / ceil:.3f} "
+          f"driver_rss_mb={driver:.0f}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
