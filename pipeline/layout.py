@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 
-
 FIT_SAMPLE = 50_000
 TRANSFORM_CHUNK = 100_000
 

@@ -347,7 +347,7 @@ def summarize(mem: pd.DataFrame, dims: np.ndarray, images: pd.DataFrame, impacts
 def stage_patterns(cfg: RunConfig, run: RunPaths, images: pd.DataFrame, parts: list, sha: str,
                    client, previous: dict | None = None) -> dict:  # fmt: skip
     """Compute missing patch partitions, then (re)cluster and summarise if anything changed."""
-    from .watch import as_completed_watched
+    from .watch import progress
 
     pcfg = cfg.patterns
     prev = (previous or {}).get("config")
@@ -376,7 +376,7 @@ def stage_patterns(cfg: RunConfig, run: RunPaths, images: pd.DataFrame, parts: l
             [cfg.maps, *cfg.compare_maps], len(parts), pure=False,
             key=f"asap-patches-{sha[:12]}-{i}",
         ))  # fmt: skip
-    for f in as_completed_watched(client, futs):
+    for f in progress(futs, client, "patches", cfg.progress, "part"):
         f.result()  # re-raise a failed partition here
     if not todo and run.patterns.exists() and run.faithfulness.exists():
         return {"computed": 0, "reused": True}
@@ -394,7 +394,7 @@ def stage_patterns(cfg: RunConfig, run: RunPaths, images: pd.DataFrame, parts: l
             pattern_impact, paths_of.loc[img_ids].tolist(), [cells[i] for i in img_ids],
             str(run.encoder.resolve()), sha, cfg.device, pcfg.seed + int(pk), pure=False,
         )  # fmt: skip
-    for f in as_completed_watched(client, list(jobs.values())):
+    for f in progress(list(jobs.values()), client, "pattern impact", cfg.progress, "pattern"):
         f.result()
     impacts = {pk: f.result() for pk, f in jobs.items()}
     table = summarize(mem, dims, images, impacts)

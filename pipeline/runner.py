@@ -436,7 +436,15 @@ def run_pipeline(cfg: RunConfig, fresh: bool = False) -> RunPaths:
         current = prev.get("method") == cfg.layout and prev.get("seed") == cfg.seed
         if enc["computed"] or not paths.features.exists() or not current:
             t0 = time.perf_counter()
-            _say(cfg, f"layout: {cfg.layout}")
+            from .layout import FIT_SAMPLE
+
+            n = len(images)
+            how = (
+                f", fitted on {FIT_SAMPLE:,}, the rest placed"
+                if cfg.layout == "umap" and n > FIT_SAMPLE
+                else ""
+            )
+            _say(cfg, f"layout: {cfg.layout} of {n:,} images{how}")
             done("layout", stage_layout(cfg, paths, images), t0)
         if cfg.patterns.enabled:
             from .patterns import stage_patterns

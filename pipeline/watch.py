@@ -60,3 +60,23 @@ def gather_watched(client, futures, **kw) -> list:
     for _ in as_completed_watched(client, futures, **kw):
         pass
     return client.gather(list(futures))
+
+
+def progress(futures, client, desc: str, show: bool, unit: str = "task"):
+    """``as_completed_watched`` with a tqdm bar on stderr when ``show`` (every long stage shows
+    how far it is)."""
+    bar = None
+    if show and futures:
+        import sys
+
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(futures), desc=desc, unit=unit, file=sys.stderr)
+    try:
+        for fut in as_completed_watched(client, futures):
+            if bar:
+                bar.update(1)
+            yield fut
+    finally:
+        if bar:
+            bar.close()
