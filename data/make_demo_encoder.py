@@ -1,0 +1,55 @@
+"""Make the demo's committed encoder, ``data/demo-encoder.pt``, so that `make demo` gives the same
+figures on every machine (training results differ from CPU to CPU) and skips 10+ minutes of
+training:
+
+    .venv/bin/python data/make_demo_encoder.py               # trains: asap run data/demo ...
+    .venv/bin/python data/make_demo_encoder.py --from-run R  # R: a finished `asap run data/demo`
+
+It trains exactly as `asap run data/demo --out runs/demo-train --seed 0` does (the default tiny
+ViT, its defaults for the stem, epochs, patience and learning rate; early stopping on the
+validation split, temperature fitted on it), then stores the weights as float16 (half the size;
+the maps and scores of the stored model are what README's demo figures measure) with the training
+history and the command in the checkpoint's ``extra``. `make demo TRAIN=1` trains instead of using
+the file."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from pipeline.encoder import load_encoder, save_encoder  # noqa: E402
+
+OUT = REPO / "data" / "demo-encoder.pt"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--from-run", default=None, help="a finished `asap run data/demo` directory")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=str(OUT))
+    args = ap.parse_args()
+    run = Path(args.from_run) if args.from_run else REPO / "runs" / "demo-train"
+    command = f"asap run data/demo --out {run} --seed {args.seed} --no-patterns --layout pca"
+    if not args.from_run:
+        subprocess.run([sys.executable, "-m", "pipeline.cli", *command.split()[1:]], cwd=REPO,
+                       check=True)  # fmt: skip
+    src = run / "model" / "encoder.pt"
+    model = load_encoder(src)
+    extra = torch.load(src, map_location="cpu", weights_only=False).get("extra", {})
+    how = f"the encoder of {run}" if args.from_run else command
+    extra = {**extra, "made_by": f"data/make_demo_encoder.py ({how}), stored as float16"}
+    sha = save_encoder(model.half(), Path(args.out), extra=extra)
+    t = extra.get("temperature", float("nan"))
+    print(f"{args.out}: sha256 {sha}, best epoch {extra.get('best_epoch')} of "
+          f"{extra.get('epochs_run')}, temperature {t:.3f}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
