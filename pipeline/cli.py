@@ -123,7 +123,8 @@ def _add_run(sub) -> None:
     t.add_argument("--train-batch-size", type=int, default=TrainConfig.batch_size)
     r = p.add_argument_group("pipeline")
     r.add_argument("--partition-size", type=int, default=512, help="images per Dask task/file")
-    r.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    r.add_argument("--batch-size", type=int, default=RunConfig.batch_size,
+                   help="images per forward pass")  # fmt: skip
     r.add_argument(
         "--maps",
         default=None,
