@@ -238,7 +238,7 @@ def stage_ingest(cfg: RunConfig, paths: RunPaths, client) -> dict:
     return {"layouts": found.layouts, **notes, **ingest_mod.summarize(images, rejects)}
 
 
-def stage_train(cfg: RunConfig, paths: RunPaths, images: pd.DataFrame) -> dict:
+def stage_train(cfg: RunConfig, paths: RunPaths, images: pd.DataFrame, client=None) -> dict:
     import torch
 
     from .encoder import create_encoder, load_encoder, save_encoder
@@ -250,7 +250,20 @@ def stage_train(cfg: RunConfig, paths: RunPaths, images: pd.DataFrame) -> dict:
     torch.manual_seed(cfg.train.seed)
     model = create_encoder(cfg.encoder)
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    info = train_encoder(model, images, cfg.train, device=device)
+    embedder = None
+    if cfg.encoder.frozen_backbone and client is not None:
+        from .embed import DaskEmbedder
+
+        # the frozen tower's embeddings: computed by the workers (their GPUs), not the driver
+        embedder = DaskEmbedder(client, cfg.encoder, paths.root / "model" / "embed-tmp",
+                                chunk=cfg.partition_size, batch_size=cfg.batch_size,
+                                device=cfg.device, torch_threads=_torch_threads(cfg, client),
+                                precision=cfg.precision, progress=cfg.progress)  # fmt: skip
+    try:
+        info = train_encoder(model, images, cfg.train, device=device, embedder=embedder)
+    finally:
+        if embedder is not None:
+            embedder.cleanup()
     # the checkpoint holds only what the training determines, so that two identical trainings
     # give byte-identical files (the same model.sha256); timings live in run.json
     sha = save_encoder(model.cpu(), paths.encoder, extra=deterministic(info))
@@ -418,7 +431,7 @@ def run_pipeline(cfg: RunConfig, fresh: bool = False) -> RunPaths:
         if not paths.encoder.exists():
             t0 = time.perf_counter()
             _say(cfg, "train: fitting the encoder on the train split")
-            done("train", stage_train(cfg, paths, images), t0)
+            done("train", stage_train(cfg, paths, images, client), t0)
         from .encoder import file_sha256
 
         sha = file_sha256(paths.encoder)

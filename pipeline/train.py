@@ -158,9 +158,15 @@ class EarlyStopping:
 
 
 def train_encoder(
-    model: ASAPEncoder, images: pd.DataFrame, cfg: TrainConfig, device: str = "cpu"
+    model: ASAPEncoder,
+    images: pd.DataFrame,
+    cfg: TrainConfig,
+    device: str = "cpu",
+    embedder=None,
 ) -> dict:
-    """Train in place on ``images`` rows of split train (val for selection + temperature)."""
+    """Train in place on ``images`` rows of split train (val for selection + temperature).
+    ``embedder(paths) -> (embeddings (n, E), ok mask)`` computes a frozen tower's embeddings
+    elsewhere (the Dask workers: pipeline.embed.DaskEmbedder); by default this process does."""
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     usable = images[images["duplicate_of"] < 0]
@@ -179,18 +185,30 @@ def train_encoder(
         )
     size = model.image_size
     t0 = time.perf_counter()
-    tr_src = BatchSource(train["path_bytes"].tolist(), size, cfg.cache_bytes)
-    va_src = BatchSource(val["path_bytes"].tolist(), size, cfg.cache_bytes)
+    frozen = model.cfg.frozen_backbone
+    if not frozen:  # decoded here (kept in memory when they fit); a frozen tower needs embeddings
+        tr_src = BatchSource(train["path_bytes"].tolist(), size, cfg.cache_bytes)
+        va_src = BatchSource(val["path_bytes"].tolist(), size, cfg.cache_bytes)
+    else:
+        tr_src = va_src = None
     y_tr = torch.tensor(train["label"].to_numpy(), dtype=torch.float32)
     y_va = val["label"].to_numpy()
     n_fake = float(y_tr.sum())
     pos_weight = torch.tensor((len(y_tr) - n_fake) / max(n_fake, 1.0), device=device)
     model.to(device)
 
-    frozen = model.cfg.frozen_backbone
+    embed_where = None
     if frozen:  # embeddings computed once; only the heads train
-        e_tr, ok_tr = _embed_all(model, tr_src, cfg.batch_size, device)
-        e_va, ok_va = _embed_all(model, va_src, cfg.batch_size, device)
+        if embedder is None:
+            embed_where = "driver"
+
+            def embedder(paths):
+                src = BatchSource(paths, size, cfg.cache_bytes)
+                return _embed_all(model, src, cfg.batch_size, device)
+
+        e_tr, ok_tr = embedder(train["path_bytes"].tolist())
+        e_va, ok_va = embedder(val["path_bytes"].tolist())
+        embed_where = embed_where or "workers"
         params = [p for n, p in model.named_parameters() if not n.startswith("visual.")]
         lr = cfg.lr * 10
     else:
@@ -230,8 +248,8 @@ def train_encoder(
         model.eval()
         out = []
         with torch.no_grad():
-            for s in range(0, len(va_src), cfg.batch_size):
-                idx = np.arange(s, min(s + cfg.batch_size, len(va_src)))
+            for s in range(0, len(val), cfg.batch_size):
+                idx = np.arange(s, min(s + cfg.batch_size, len(val)))
                 out.append(forward_logits(idx, va_src, e_va if frozen else None, False)[0].cpu())
         return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
 
@@ -292,4 +310,5 @@ def train_encoder(
         "n_val": len(val),
         "train_seconds": time.perf_counter() - t0,
         "frozen_backbone": frozen,
+        "embedded_on": embed_where,  # a frozen tower's embedding pass: "workers" or "driver"
     }
