@@ -95,13 +95,16 @@ def encode_rows(
             cmp = [ex.compare[m] for m in compare]
             gh, gw = ex.maps.shape[-2:]
             cmp = torch.stack(cmp, 1) if cmp else ex.maps.new_zeros((len(good), 0, gh, gw))
-            out["compare"].append(cmp.float().cpu().numpy())
-            out["distilled"].append(ex.distilled.float().cpu().numpy())
-            out["logit"].append(ex.logit.float().cpu().numpy())
-            out["maps"].append(ex.maps.float().cpu().numpy())
+            # kept on the device until the partition is done: one copy to the host instead of a
+            # synchronising copy per batch (the GPU queues the next batch meanwhile)
+            out["compare"].append(cmp.detach().half())
+            out["distilled"].append(ex.distilled.detach().float())
+            out["logit"].append(ex.logit.detach().float())
+            out["maps"].append(ex.maps.detach().half())
     if kept:
-        out = {k: np.concatenate(v) for k, v in out.items()}
-        out["p_fake"] = model.p_fake(torch.from_numpy(out["logit"])).numpy()
+        out = {k: torch.cat(v).cpu() for k, v in out.items()}
+        out["p_fake"] = model.p_fake(out["logit"]).cpu().numpy()
+        out = {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in out.items()}
     return kept, out, fails
 
 
