@@ -184,7 +184,8 @@ def main() -> None:
     n_workers = args.workers or 1
     threads = max(1, (os.cpu_count() or 1) // n_workers) if args.device == "cpu" else 2
     device = "cuda" if args.device.startswith("cuda") else "cpu"
-    ceil, batch = ceiling(out, device, threads)
+    batches = (128, 256, 512, 1024) if device == "cuda" else (32, 64, 128, 256)
+    ceil, batch = ceiling(out, device, threads, batches)
     driver = max(r.get("driver_peak_rss_mb") or 0 for r in meta.get("resources", {}).values())
     print(f"\nwall {wall:.0f} s for {n} images (process start to exit); encode {enc_ips:.0f} img/s "
           f"on {enc.get('device')} {enc.get('precision')}; ceiling {ceil:.0f} img/s "
