@@ -12,6 +12,7 @@ model; ``benchmarks/scale.py`` measures the speed of each on the machine at hand
 
 from __future__ import annotations
 
+import threading
 from contextlib import contextmanager
 
 import torch
@@ -31,18 +32,26 @@ def resolve_precision(precision: str, device: str | torch.device) -> str:
     return precision
 
 
+_LOCK = threading.Lock()
+_ACTIVE = {"n": 0, "saved": None}  # contexts open in this process (a GPU worker runs two threads)
+
+
 @contextmanager
 def compute_precision(precision: str, device: str | torch.device):
-    """Run the enclosed forward and backward passes in ``precision`` on ``device``; the previous
-    float32 matmul setting is restored afterwards."""
+    """Run the enclosed forward and backward passes in ``precision`` on ``device``. The float32
+    matmul setting is process-wide: the first context to open saves it and the last to close
+    restores it (two partitions in flight on one worker share one run's precision)."""
     precision = resolve_precision(precision, device)
     kind = torch.device(device).type
-    old_matmul = torch.get_float32_matmul_precision()
-    old_cudnn = torch.backends.cudnn.allow_tf32
-    try:
-        if kind == "cuda":
+    if kind == "cuda":
+        with _LOCK:
+            if _ACTIVE["n"] == 0:
+                _ACTIVE["saved"] = (torch.get_float32_matmul_precision(),
+                                    torch.backends.cudnn.allow_tf32)  # fmt: skip
+            _ACTIVE["n"] += 1
             torch.set_float32_matmul_precision("high" if precision == "tf32" else "highest")
             torch.backends.cudnn.allow_tf32 = precision == "tf32"
+    try:
         if precision == "bf16":
             with torch.autocast(kind, dtype=torch.bfloat16):
                 yield precision
@@ -50,5 +59,9 @@ def compute_precision(precision: str, device: str | torch.device):
             yield precision
     finally:
         if kind == "cuda":
-            torch.set_float32_matmul_precision(old_matmul)
-            torch.backends.cudnn.allow_tf32 = old_cudnn
+            with _LOCK:
+                _ACTIVE["n"] -= 1
+                if _ACTIVE["n"] == 0:
+                    matmul, cudnn = _ACTIVE["saved"]
+                    torch.set_float32_matmul_precision(matmul)
+                    torch.backends.cudnn.allow_tf32 = cudnn

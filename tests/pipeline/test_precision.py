@@ -54,3 +54,19 @@ def test_bf16_maps_rank_like_fp32_maps(tmp_path):
     assert same_top[:, 2:].mean() >= 0.85
     logit = out["fp32"].logit - out["bf16"].logit.float()
     assert logit.abs().max() <= 0.5
+
+
+def test_tf32_setting_is_restored_when_the_last_of_overlapping_contexts_closes():
+    """Two partitions in flight on one GPU worker overlap their contexts: TF32 stays on until the
+    last one closes, then the process's setting comes back (nothing here needs a GPU: only the
+    process-wide switches are exercised)."""
+    assert torch.get_float32_matmul_precision() == "highest"
+    first, second = compute_precision("auto", "cuda:0"), compute_precision("tf32", "cuda:0")
+    assert first.__enter__() == "tf32"
+    second.__enter__()
+    first.__exit__(None, None, None)
+    assert torch.get_float32_matmul_precision() == "high"  # the other one still computes
+    second.__exit__(None, None, None)
+    assert torch.get_float32_matmul_precision() == "highest"
+    with compute_precision("fp32", "cuda"):
+        assert torch.get_float32_matmul_precision() == "highest"
