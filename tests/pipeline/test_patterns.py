@@ -133,3 +133,14 @@ def test_pattern_stage_resumes_per_partition(patterned_run, tmp_path, dask_sched
     stamp = (out / "patterns.parquet").stat().st_mtime_ns
     run_pipeline(cfg)  # nothing new: the stage is reused, not recomputed
     assert (out / "patterns.parquet").stat().st_mtime_ns == stamp
+
+
+def test_faithfulness_sample_is_bounded_per_run():
+    """The faithfulness images are a total spread over the partitions (shares differ by at most
+    one), so the pattern stage's deletion/insertion cost does not grow with the run."""
+    from pipeline.patterns import faith_quota
+
+    for total, parts in ((128, 4), (128, 196), (5, 3), (0, 7)):
+        shares = [faith_quota(total, parts, i) for i in range(parts)]
+        assert sum(shares) == total and max(shares) - min(shares) <= 1
+    assert faith_quota(128, 4, 0) == 32
