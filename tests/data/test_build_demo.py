@@ -127,3 +127,39 @@ def test_demo_steps_end_to_end(demo200, tmp_path):
     assert set(run.images["generator"]) == GENERATORS
     assert set(run.images["source"]) >= {"lfw", "photos"}
     assert set(run.metrics["test"]["per_generator"]) <= GENERATORS - {"real"}
+
+
+def test_make_demo_uses_the_committed_encoder(demo200, tmp_path):
+    """`make demo` runs with data/demo-encoder.pt (data/make_demo_encoder.py): the file is the
+    default tiny ViT with the forensic stem, stored as float16 with how it was made, and a run
+    given it trains nothing and keeps exactly those weights."""
+    import torch
+
+    from pipeline.encoder import file_sha256, load_encoder
+
+    committed = REPO / "data" / "demo-encoder.pt"
+    blob = torch.load(committed, map_location="cpu", weights_only=False)
+    assert blob["config"]["model_name"] == "asap-tiny-vit-64"
+    assert blob["config"]["stem"] == "forensic" and blob["config"]["pretrained"] is None
+    assert "make_demo_encoder.py" in blob["extra"]["made_by"]
+    assert all(
+        v.dtype == torch.float16 for v in blob["state_dict"].values() if v.is_floating_point()
+    )
+    makefile = (REPO / "Makefile").read_text()
+    assert (
+        "DEMO_ENCODER ?= data/demo-encoder.pt" in makefile
+        and "--encoder $(DEMO_ENCODER)" in makefile
+    )
+    out = tmp_path / "run"
+    subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "run", str(demo200), "--out", str(out),
+         "--encoder", str(committed), "--layout", "pca", "--no-patterns", "--quiet"],
+        check=True, cwd=REPO,
+    )  # fmt: skip
+    run = open_run(out)
+    assert run.meta["stages"]["train"]["trained"] is False
+    a, b = load_encoder(committed), load_encoder(out / "model" / "encoder.pt")
+    for (k, v), w in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(v, w), k
+    assert file_sha256(out / "model" / "encoder.pt") == run.meta["model"]["sha256"]
+    assert len(run.features) == 200
