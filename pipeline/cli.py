@@ -300,6 +300,10 @@ def _info(run_dir: str) -> dict:
         },  # fmt: skip
         "layouts": run.meta.get("stages", {}).get("ingest", {}).get("layouts"),
         "timings": run.meta.get("timings"),
+        "peak_rss_mb": run.meta.get("resources"),  # per stage: driver and largest worker
+        "encoded_on": {
+            k: run.meta.get("stages", {}).get("encode", {}).get(k) for k in ("device", "precision")
+        },  # fmt: skip
         "held_out": run.metrics.get("held_out", "test"),
         "metrics_test": run.metrics.get("test", {}).get("overall"),
         **_pattern_info(run),

@@ -103,6 +103,8 @@ def test_faithfulness_beats_random_order_and_attention(patterned_run):
     assert list(info["faithfulness"])[0] == method
     assert info["maps"] == {"fake_real": method, "dimensions": "chefer_last",
                             "compare": ["chefer_last", "attention"]}  # fmt: skip
+    assert info["encoded_on"] == {"device": ["cpu"], "precision": ["fp32"]}
+    assert info["peak_rss_mb"]["encode"]["worker_peak_rss_mb"] > 0
     impacts = [p["impact"] for p in info["patterns"]]
     assert len(impacts) == len(pd.read_parquet(out / "patterns.parquet"))
     assert impacts == sorted(impacts, reverse=True)
