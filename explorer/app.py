@@ -20,12 +20,16 @@ from .whatif import WhatIfView
 
 # parameters of the DataStore mirrored in the page's URL, so that a view can be shared
 URL_STATE = ("labels", "generators", "predicted", "misclassified", "score_range", "color_by",
-             "map_name", "map_method", "x_range", "y_range", "pattern", "selection")  # fmt: skip
+             "map_name", "map_method", "map_scale", "x_range", "y_range", "pattern",
+             "selection")  # fmt: skip
 FILTERS = ("labels", "predicted", "generators", "misclassified", "score_range")
 
 
 def load_extensions() -> None:
-    pn.extension("tabulator", notifications=False)
+    # sliders send their value on release, not at every step of a drag (issue 11: one drag of
+    # the p(fake) slider kept the page recomputing for 15 s); a view that recomputes shows a
+    # spinner over its old content until the new one is ready
+    pn.extension("tabulator", notifications=False, throttled=True, loading_indicator=True)
     hv.extension("bokeh", logo=False)
 
 
@@ -147,13 +151,18 @@ class App:
             css_classes=["asap-summary"],
         )
         views = [self.images, self.patterns, self.dimensions, self.whatif]
-        # only the tab on screen exists in the page and recomputes (TabView); the others catch
-        # up when shown
-        tabs = pn.Tabs(*zip(("Images", "Patterns", "Dimensions", "What-if"), views), dynamic=True)
+        # Only the tab on screen exists in the page and recomputes (TabView); the others catch
+        # up when shown. A tab's components are built the first time it is shown: building all
+        # four cost about a second of the server's one loop per new session (issue 11).
+        holders = [pn.Column(sizing_mode="stretch_width") for _ in views]
+        tabs = pn.Tabs(*zip(("Images", "Patterns", "Dimensions", "What-if"), holders),
+                       dynamic=True)  # fmt: skip
 
         def show(active: int) -> None:
             for i, view in enumerate(views):
                 view.shown = i == active
+            if not holders[active].objects:
+                holders[active].objects = [views[active]]
 
         show(tabs.active)
         tabs.param.watch(lambda e: show(e.new), "active")

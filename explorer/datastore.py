@@ -22,6 +22,9 @@ COLOR_BY = ["label", "p_fake", "generator", "error"]
 SORT_BY = ["p(fake) high first", "p(fake) low first", "label", "generator", "errors first"]
 CMAPS = ["inferno", "magma", "viridis", "plasma", "turbo", "gray"]
 MISCLASSIFIED = ["all", "errors only", "correct only"]
+MAP_SCALES = ["each image", "shared"]
+SHARED_SCALE_SAMPLE = 512  # images whose map maxima set a run's shared heat-map scale
+SHARED_SCALE_QUANTILE = 0.99
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,25 @@ def shared_run(run_dir: str, image_roots: tuple[str, ...] = ()) -> SharedRun:
     return SharedRun(points, run, frame, dims, images, load_patterns(run))
 
 
+_VMAX: dict = {}  # (run_dir, channel, method) -> shared scale; the maps of a run never change
+
+
+def shared_vmax(run_dir: str, points, run, channel: int, method: str | None) -> float:
+    """A run-wide scale for one map channel: the SHARED_SCALE_QUANTILE quantile of the maxima of
+    SHARED_SCALE_SAMPLE images drawn with a fixed seed (the same for every session), so that a
+    map is hot only where it is more relevant than the run's maps typically get."""
+    key = (run_dir, channel, method)
+    if key not in _VMAX:
+        n = len(points)
+        rows = np.random.default_rng(0).choice(n, min(n, SHARED_SCALE_SAMPLE), replace=False)
+        rows.sort()
+        maps = channel_maps(run, points.part[rows], points.row[rows], channel, method)
+        peaks = np.nan_to_num(maps.reshape(len(rows), -1), nan=0.0).max(axis=1, initial=0.0)
+        top = float(np.quantile(peaks, SHARED_SCALE_QUANTILE)) if len(peaks) else 0.0
+        _VMAX[key] = top if top > 0 else 1.0
+    return _VMAX[key]
+
+
 class DataStore(pn.viewable.Viewer):
     """Data, filters and selection of one run, for one browser session."""
 
@@ -70,12 +92,19 @@ class DataStore(pn.viewable.Viewer):
     )
     cmap = param.Selector(default="inferno", objects=CMAPS, doc="relevance colour map")
     opacity = param.Number(default=0.6, bounds=(0.0, 1.0), step=0.05, doc="overlay opacity")
+    map_scale = param.Selector(
+        default=MAP_SCALES[0], objects=MAP_SCALES,
+        doc="heat-map colour scale: each image to its own maximum (every image shows a hot spot), "
+        "or one scale shared by all images of the run (hot = more relevance than most images)",
+    )  # fmt: skip
     sort_by = param.Selector(default=SORT_BY[0], objects=SORT_BY)
     show_glyphs = param.Boolean(default=True, doc="draw cell glyphs over the overview")
     grid = param.Integer(default=5, bounds=(2, 12), doc="glyph cells across the view")
     x_range = param.Range(default=None, doc="overview viewport (kept in the URL)")
     y_range = param.Range(default=None)
     pattern = param.Integer(default=None, allow_None=True, doc="pattern highlighted")
+    located = param.Integer(default=None, allow_None=True, precedence=-1,
+                            doc="image id ringed in the overview (clicked in a view)")  # fmt: skip
     # the selection as its geometry, so that a shared link reselects the same images:
     # {"box": [x0, y0, x1, y1]}, {"lasso": [[x, y], ...]} or {"tap": image id}; None: no selection
     selection = param.Dict(default=None, allow_None=True, doc="selection geometry (in the URL)")
@@ -169,6 +198,14 @@ class DataStore(pn.viewable.Viewer):
         p = self.points
         return channel_maps(self.run, p.part[rows], p.row[rows], channel, self.map_method)
 
+    def map_vmax(self, channel: int) -> float | None:
+        """The top of the heat-map colour scale for ``channel``: None (each image to its own
+        maximum) or, with ``map_scale`` "shared", one value for every image of the run."""
+        if self.map_scale != "shared":
+            return None
+        method = self.map_method if channel == 0 else None
+        return shared_vmax(self.run_dir, self.points, self.run, channel, method)
+
     def map_method_of(self, map_name: str) -> str:
         """The explanation method that produced map ``map_name`` as shown."""
         if map_name == MAP_NAMES[0]:
@@ -226,6 +263,12 @@ class DataStore(pn.viewable.Viewer):
         row = idx[int(np.argmin(d))]
         self.select_rows(np.array([row]), "tap")
         self._geometry({"tap": int(self.points.id[row])})
+
+    def locate(self, image_id: int) -> None:
+        """Ring image ``image_id`` in the overview (an image clicked in any view); unknown ids
+        are ignored."""
+        if np.any(self.points.id == int(image_id)):
+            self.located = int(image_id)
 
     def clear_selection(self) -> None:
         self.select_rows(None, "none")

@@ -1,5 +1,6 @@
-"""The representation overview: the 2-D layout rasterised by Datashader on the server, a layer
-for the selection (or the highlighted pattern's images), and the cell-glyph layer. Each layer is its
+"""The representation overview: the 2-D layout rasterised by Datashader on the server, the
+cell-glyph layer, and on top a layer for the selection (or the highlighted pattern's images) that
+dims every other point and rings an image clicked in a view. Each layer is its
 own DynamicMap with its own dependencies, so that a colour change never recomputes the glyphs and a
 glyph setting never re-aggregates the points. Box, lasso and tap selections write to the
 DataStore."""
@@ -25,6 +26,27 @@ CATEGORY_COLORS = {
 REAL_GREY = "#a0a0a0"  # reals in the colouring by generator
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf"]
 DEFAULT_SIZE = (900, 600)
+DIM_VEIL = (255, 255, 255, 170)  # RGBA over the points outside a selection
+LOCATED_RING = (255, 0, 170, 255)  # the ring around an image clicked in a view
+
+
+def glyph_key() -> str:
+    """What a cell glyph's marks mean (README, "Cell glyphs"), as HTML for under the overview."""
+    from matplotlib import colormaps
+
+    cw = colormaps["coolwarm"]
+    hexes = ["#{:02x}{:02x}{:02x}".format(*(int(255 * c) for c in cw(v)[:3])) for v in (0, 0.5, 1)]
+    frame = "".join(f"<span style='border:2px solid {h};padding:0 3px;margin-right:2px'>"
+                    f"{t}</span>" for h, t in zip(hexes, ("real", "mixed", "fake")))  # fmt: skip
+    return (
+        "<div class='asap-glyph-key' style='font-size:11px;line-height:1.5'><b>Cell glyph</b> "
+        "(one per cell of the grid, for the images in it): "
+        f"frame colour = mean p(fake) {frame}; frame width = error rate (thicker = more "
+        "misclassified); left tile = the cell's most typical image with its fake map; right tile "
+        "= the cell's mean relevance pattern, more opaque the more its images agree; bar = "
+        "<span style='color:#3b4cc0'>real</span> : <span style='color:#b40426'>fake</span> share, "
+        "its length growing with the log of the count printed after it.</div>"
+    )
 
 
 def _rgb(img, x_range, y_range) -> hv.RGB:
@@ -84,7 +106,7 @@ class OverviewView(pn.viewable.Viewer):
         return _rgb(img, x_range, y_range)
 
     def selection_layer(self, x_range, y_range, width, height, scale, selection_version,
-                        filter_version, pattern):  # fmt: skip
+                        filter_version, pattern, located=None):  # fmt: skip
         x_range, y_range = self._ranges(x_range, y_range)
         store = self.store
         if pattern is not None and store.patterns is not None:
@@ -99,7 +121,22 @@ class OverviewView(pn.viewable.Viewer):
         cvs = self._canvas(x_range, y_range, width, height)
         agg = cvs.points(store.frame.iloc[rows], "x", "y", ds.count())
         img = tf.spread(tf.shade(agg, cmap=[color, color], how="linear", min_alpha=255), px=1)
-        return _rgb(img, x_range, y_range)
+        arr = np.asarray(img.data).view(np.uint8).reshape(*img.shape, 4).copy()
+        if store.selection_kind != "none" or pattern is not None:
+            # a selection (or a highlighted pattern) dims the rest: a white veil over every
+            # point that is not in it, the chosen points drawn on top
+            arr[arr[..., 3] == 0] = DIM_VEIL
+        if located is not None:  # an image clicked in a view: a ring around its point
+            at = np.flatnonzero(store.points.id == located)[:1]
+            dot = tf.shade(cvs.points(store.frame.iloc[at], "x", "y", ds.count()),
+                           cmap=["#000000", "#000000"], how="linear", min_alpha=255)  # fmt: skip
+
+            def disc(px):
+                return np.asarray(tf.spread(dot, px=px).data).view(np.uint8)[..., 3::4] > 0
+
+            outer, inner = disc(9), disc(6)
+            arr.reshape(-1, 4)[(outer & ~inner).ravel()] = LOCATED_RING
+        return _rgb(img.copy(data=arr.view(np.uint32).reshape(img.shape)), x_range, y_range)
 
     def glyph_layer(self, x_range, y_range, width, height, scale, filter_version, show_glyphs,
                     grid, map_method=None):  # fmt: skip
@@ -147,7 +184,8 @@ class OverviewView(pn.viewable.Viewer):
         sel = hv.DynamicMap(
             self.selection_layer,
             streams=[streams.RangeXY(), streams.PlotSize(),
-                     streams.Params(store, ["selection_version", "filter_version", "pattern"])],
+                     streams.Params(store, ["selection_version", "filter_version", "pattern",
+                                            "located"])],
         )  # fmt: skip
         glyphs = hv.DynamicMap(
             self.glyph_layer,
@@ -165,7 +203,7 @@ class OverviewView(pn.viewable.Viewer):
         )  # fmt: skip
         tap.add_subscriber(lambda x, y: x is not None and store.select_nearest(x, y))
         rng.add_subscriber(self._remember_viewport)
-        return (base * sel * glyphs).opts(
+        return (base * glyphs * sel).opts(  # the selection, its veil and the ring on top
             hv.opts.RGB(
                 tools=["box_select", "lasso_select", "tap"],
                 active_tools=["wheel_zoom", "pan"],
@@ -206,8 +244,11 @@ class OverviewView(pn.viewable.Viewer):
 
     def __panel__(self):
         legend = pn.pane.HTML(pn.bind(lambda _: self.legend(), self.store.param.color_by))
+        key = pn.pane.HTML(glyph_key(), visible=self.store.param.show_glyphs,
+                           sizing_mode="stretch_width")  # fmt: skip
         return pn.Column(
             pn.pane.HoloViews(self.plot(), sizing_mode="stretch_both", min_height=480),
             legend,
+            key,
             sizing_mode="stretch_both",
         )

@@ -116,14 +116,31 @@ def heat_rgba(heat: np.ndarray, size: int, cmap: str = "inferno", vmax: float | 
     return rgba
 
 
-def overlay(rgb: np.ndarray, heat: np.ndarray | None, opacity: float = 0.6, cmap="inferno"):
-    """Blend a relevance map over an (s, s, 3) uint8 image -> (s, s, 3) uint8."""
+def overlay(rgb: np.ndarray, heat: np.ndarray | None, opacity: float = 0.6, cmap="inferno",
+            vmax: float | None = None):  # fmt: skip
+    """Blend a relevance map over an (s, s, 3) uint8 image -> (s, s, 3) uint8; the colour scale
+    tops out at ``vmax`` (None: the map's own maximum)."""
     if heat is None or opacity <= 0:
         return np.asarray(rgb)
-    rgba = heat_rgba(heat, rgb.shape[0], cmap)
+    rgba = heat_rgba(heat, rgb.shape[0], cmap, vmax)
     a = (rgba[..., 3:] * opacity).astype(np.float32)
     out = rgb.astype(np.float32) / 255.0 * (1 - a) + rgba[..., :3] * a
     return (np.clip(out, 0, 1) * 255).astype(np.uint8)
+
+
+def colour_bar(cmap: str, low: str, high: str, width: int = 160) -> str:
+    """An HTML colour bar for a heat-map colour map, labelled at both ends."""
+    from matplotlib import colormaps
+
+    stops = ", ".join(
+        "#{:02x}{:02x}{:02x}".format(*(int(255 * c) for c in colormaps[cmap](v)[:3]))
+        for v in np.linspace(0, 1, 9)
+    )
+    return (
+        f"<span class='asap-colourbar' style='font-size:11px'>{low} <span style='display:"
+        f"inline-block;width:{width}px;height:10px;vertical-align:middle;background:"
+        f"linear-gradient(90deg,{stops})'></span> {high}</span>"
+    )
 
 
 def to_png(arr: np.ndarray) -> bytes:

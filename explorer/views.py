@@ -14,13 +14,14 @@ import numpy as np
 import pandas as pd
 import panel as pn
 import param
+from panel.custom import JSComponent
 
 from pipeline.schema import DISTILLED_COLUMNS, LABEL_NAMES, MAP_NAMES
 
 from . import patterns as pat
-from .datastore import DataStore
+from .datastore import SHARED_SCALE_QUANTILE, DataStore
 from .patterns import ATTENTION_METHOD, DIMENSION_MAPS_METHOD, Difference, MethodFaithfulness
-from .render import ImageAccessError, heat_rgba, histogram_grid, overlay, to_png
+from .render import ImageAccessError, colour_bar, heat_rgba, histogram_grid, overlay, to_png
 from .store import export_manifest
 
 SELECTION_DEPS = ("selection_version", "filter_version")
@@ -57,7 +58,8 @@ class TabView(pn.viewable.Viewer):
             self.version += 1
 
 
-def image_card(store: DataStore, row: int, channel: int, size: int = 128) -> str:
+def image_card(store: DataStore, row: int, channel: int, size: int = 128,
+               vmax: float | None = None) -> str:  # fmt: skip
     """One image with its relevance overlay and a caption, as an HTML figure (the image inline
     as a PNG data URL; the page never names a file)."""
     p = store.points
@@ -65,7 +67,7 @@ def image_card(store: DataStore, row: int, channel: int, size: int = 128) -> str
     try:
         rgb = store.images.thumbnail(img_id, size)
         heat = store.maps([row], channel)[0]
-        png = base64.b64encode(to_png(overlay(rgb, heat, store.opacity, store.cmap))).decode()
+        png = base64.b64encode(to_png(overlay(rgb, heat, store.opacity, store.cmap, vmax))).decode()
         body = (f"<img src='data:image/png;base64,{png}' width='{size}' height='{size}' "
                 f"alt='image #{img_id}'>")  # fmt: skip
     except ImageAccessError as e:
@@ -79,14 +81,43 @@ def image_card(store: DataStore, row: int, channel: int, size: int = 128) -> str
             f"<figcaption style='font-size:11px'>{caption}</figcaption></figure>")  # fmt: skip
 
 
-def gallery(store: DataStore, rows, channel: int, size: int = 128) -> pn.pane.HTML:
-    """The images of ``rows`` as one HTML pane: one model for the page to replace, where a
-    pane per image and caption made a selection change rebuild dozens of models (issue 11)."""
-    cards = "".join(image_card(store, int(r), channel, size) for r in rows)
-    return pn.pane.HTML(
-        f"<div class='asap-gallery' style='display:flex;flex-wrap:wrap;gap:6px'>{cards}</div>",
+class Gallery(JSComponent):
+    """Image cards as one element (one model for the page to replace, where a pane per image and
+    caption made a selection change rebuild dozens of models; issue 11). Clicking a card sends
+    its image id back (``clicks`` counts, so that the same image clicked twice still counts)."""
+
+    html = param.String(default="")
+    clicked = param.Integer(default=-1, doc="id of the image clicked last")
+    clicks = param.Integer(default=0)
+
+    _esm = """
+    export function render({ model }) {
+      const root = document.createElement('div');
+      root.innerHTML = model.html;
+      root.addEventListener('click', (event) => {
+        const card = event.target.closest('figure[data-id]');
+        if (!card) return;
+        model.clicked = parseInt(card.dataset.id, 10);
+        model.clicks = model.clicks + 1;
+      });
+      model.on('html', () => { root.innerHTML = model.html; });
+      return root;
+    }
+    """
+
+
+def gallery(store: DataStore, rows, channel: int, size: int = 128) -> Gallery:
+    """The images of ``rows`` as one clickable element: a click locates that image in the
+    overview (``DataStore.locate``)."""
+    vmax = store.map_vmax(channel)
+    cards = "".join(image_card(store, int(r), channel, size, vmax) for r in rows)
+    view = Gallery(
+        html=f"<div class='asap-gallery' style='display:flex;flex-wrap:wrap;gap:6px;"
+        f"cursor:pointer' title='click an image to locate it in the overview'>{cards}</div>",
         sizing_mode="stretch_width",
     )
+    view.param.watch(lambda _: store.locate(view.clicked), "clicks")
+    return view
 
 
 def _num(v: float, sign: str = "") -> str:
@@ -148,9 +179,25 @@ def maps_note(store: DataStore) -> str:
 class ImageView(TabView):
     """The selection's images, sorted, with the chosen relevance map over each."""
 
-    STORE_DEPS = (*SELECTION_DEPS, "map_name", "map_method", "cmap", "opacity", "sort_by")
+    STORE_DEPS = (*SELECTION_DEPS, "map_name", "map_method", "cmap", "opacity", "sort_by",
+                  "map_scale")  # fmt: skip
 
     n_images = param.Integer(default=24, bounds=(1, 200))
+
+    @param.depends("store.map_name", "store.map_method", "store.cmap", "store.map_scale")
+    def scale(self):
+        """The heat map's colour bar and what its top means."""
+        s = self.store
+        vmax = s.map_vmax(MAP_NAMES.index(s.map_name))
+        if vmax is None:
+            high = "each image's own maximum (every map shows a hot spot; 'shared' compares them)"
+        else:
+            high = (
+                f"{vmax:.3g}, shared by all images (the {SHARED_SCALE_QUANTILE:.0%} quantile of "
+                "the run's map maxima): brighter = more relevant than most images"
+            )
+        return pn.pane.HTML(colour_bar(s.cmap, "0", high), sizing_mode="stretch_width",
+                            margin=(0, 5))  # fmt: skip
 
     @param.depends("store.map_name", "store.map_method")
     def trust(self):
@@ -174,16 +221,18 @@ class ImageView(TabView):
             pn.widgets.Select.from_param(s.param.map_method, name="fake map by", width=110),
             pn.widgets.Select.from_param(s.param.cmap, name="colour map", width=90),
             pn.widgets.FloatSlider.from_param(s.param.opacity, width=120),
+            pn.widgets.Select.from_param(s.param.map_scale, name="scale", width=110),
             pn.widgets.Select.from_param(s.param.sort_by, name="sort", width=160),
         )
-        return pn.Column(controls, self.trust, self.cards, sizing_mode="stretch_width")
+        return pn.Column(controls, self.scale, self.trust, self.cards,
+                         sizing_mode="stretch_width")  # fmt: skip
 
 
 class DimensionView(TabView):
     """The 16 distilled dimensions: real vs fake distributions in the selection, how well each
     separates them (AUC), and the images that drive a chosen dimension most."""
 
-    STORE_DEPS = (*SELECTION_DEPS, "opacity", "cmap")
+    STORE_DEPS = (*SELECTION_DEPS, "opacity", "cmap", "map_scale")
 
     dimension = param.Selector(default=DISTILLED_COLUMNS[0], objects=DISTILLED_COLUMNS)
 

@@ -56,7 +56,7 @@ class WhatIfView(TabView):
     """Pick patches of the first selected image to mask them; re-score on demand."""
 
     STORE_DEPS = ("selection_version", "filter_version", "opacity", "cmap", "sort_by",
-                  "map_method")  # fmt: skip
+                  "map_method", "map_scale")  # fmt: skip
 
     cells = param.ListSelector(default=[], objects=[], doc="masked patches (row, column)")
     result = param.String(default="")
@@ -113,7 +113,7 @@ class WhatIfView(TabView):
         except ImageAccessError as e:
             return pn.pane.Alert(str(e), alert_type="warning")
         heat = self.store.maps([row], 0)[0]
-        rgb = overlay(rgb, heat, self.store.opacity, self.store.cmap)
+        rgb = overlay(rgb, heat, self.store.opacity, self.store.cmap, self.store.map_vmax(0))
         gh, gw = heat.shape
         for y, x in self.cells:  # grey out masked patches
             ys = slice(y * 256 // gh, (y + 1) * 256 // gh)

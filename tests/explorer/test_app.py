@@ -90,8 +90,8 @@ def test_datastore_filters_selection_and_views(small_run, tmp_path):
     assert list(s.selected) == [5]
     # every view renders for the selection
     cards = app.images.cards()
-    assert cards.object.count("<figure class='asap-card' data-id='5'") == 1
-    assert cards.object.count("<figure") == 1
+    assert cards.html.count("<figure class='asap-card' data-id='5'") == 1
+    assert cards.html.count("<figure") == 1
     table = app.dimensions.ranking()
     assert list(table.object.columns[:2]) == ["dimension", "AUC"]
     assert app.patterns.table().alert_type == "info"  # no pattern table: a clear empty state
@@ -104,6 +104,65 @@ def test_datastore_filters_selection_and_views(small_run, tmp_path):
     assert np.asarray(g.data)[..., 3].max() > 0
     data = app.export.payload().getvalue()
     assert len(pd.read_csv(pd.io.common.BytesIO(data))) == n
+
+
+def test_shared_heat_scale_colour_bar_dimmed_selection_and_glyph_key(small_run):
+    """Issue 11, readable: heat maps on one scale shared by the run's images (not each to its
+    own maximum) on request, with a colour bar saying which; a selection dims the other points;
+    the cell glyph has an on-screen key."""
+    import base64
+
+    from explorer.app import App, load_extensions
+    from explorer.datastore import SHARED_SCALE_QUANTILE
+    from explorer.views import image_card
+
+    load_extensions()
+    app = App(str(small_run), sync_url=False)
+    s = app.store
+    assert s.map_vmax(0) is None and "own maximum" in app.images.scale().object
+    s.map_scale = "shared"
+    vmax = s.map_vmax(0)
+    peaks = s.maps(np.arange(len(s.points)), 0).reshape(len(s.points), -1).max(axis=1)
+    assert vmax == pytest.approx(np.quantile(peaks, SHARED_SCALE_QUANTILE))  # 120 < sample size
+    assert "shared by all images" in app.images.scale().object and "linear-gradient" in (
+        app.images.scale().object)  # fmt: skip
+    assert "map_scale=shared" in app.share_url()
+
+    def heat_of(html_card):  # the card's PNG: how far it departs from the bare thumbnail
+        png = base64.b64decode(html_card.split("base64,")[1].split("'")[0])
+        return np.asarray(Image.open(io.BytesIO(png)), np.float32)
+
+    weakest = int(np.argmin(peaks))  # its own maximum is far below the shared scale's top
+    bare = s.images.thumbnail(int(s.points.id[weakest]), 128).astype(np.float32)
+    shared = np.abs(heat_of(image_card(s, weakest, 0, 128, vmax)) - bare).mean()
+    own = np.abs(heat_of(image_card(s, weakest, 0, 128, None)) - bare).mean()
+    assert shared < own  # on the shared scale a weak map is drawn faint, not as a hot spot
+
+    before = app.overview.selection_layer(None, None, 300, 200, 1, 0, 0, None)
+    assert np.asarray(before.data)[..., 3].max() == 0  # nothing selected: nothing drawn
+    s.select_nearest(float(s.points.x[5]), float(s.points.y[5]))
+    after = np.asarray(app.overview.selection_layer(None, None, 300, 200, 1, 1, 0, None).data)
+    veiled = (after[..., 3] == 170).mean()
+    assert veiled > 0.95 and (after[..., 3] == 255).any()  # the rest dimmed, the image on top
+    # an image clicked in a gallery is ringed in the overview, wherever the selection is
+    from explorer.overview import LOCATED_RING
+    from explorer.views import Gallery
+
+    cards = app.images.cards()
+    assert isinstance(cards, Gallery) and "data-id='5'" in cards.html
+    cards.param.update(clicked=int(s.points.id[7]), clicks=cards.clicks + 1)  # as the page does
+    assert s.located == int(s.points.id[7])
+    ringed = np.asarray(app.overview.selection_layer(None, None, 300, 200, 1, 1, 0, None,
+                                                     s.located).data)  # fmt: skip
+    ring = np.all(ringed == LOCATED_RING, axis=-1)
+    ys, xs = np.nonzero(ring)
+    assert 20 < ring.sum() < 400 and np.ptp(xs) <= 20 and np.ptp(ys) <= 20  # one ring, 19 px
+    s.locate(10**9)  # an id the run does not have: ignored
+    assert s.located == int(s.points.id[7])
+    key = app.overview.__panel__()[2]
+    assert "frame colour = mean p(fake)" in key.object and key.visible
+    s.show_glyphs = False
+    assert not key.visible
 
 
 def test_bad_runs_give_a_clear_page(tmp_path, small_run):
@@ -243,7 +302,8 @@ def test_real_is_a_label_not_a_generator(patterned_run):
 
 def test_only_the_tab_on_screen_recomputes(patterned_run):
     """A filter change recomputes the tab shown and only marks the hidden ones; a hidden tab
-    catches up once, when it is shown (issue 11: hidden tabs rebuilt on every change)."""
+    catches up once, when it is shown (issue 11: hidden tabs rebuilt on every change); a tab's
+    components are built the first time it is shown, not with every session."""
     from explorer.app import App, load_extensions
 
     load_extensions()
@@ -251,12 +311,14 @@ def test_only_the_tab_on_screen_recomputes(patterned_run):
     tabs = app.main()[1][1][0]
     views = [app.images, app.patterns, app.dimensions, app.whatif]
     assert [v.shown for v in views] == [True, False, False, False]
+    assert [len(holder) for holder in tabs] == [1, 0, 0, 0]
     before = [v.version for v in views]
     app.store.labels = ["real"]
     app.store.opacity = 0.3
     assert [v.version - b for v, b in zip(views, before)] == [2, 0, 0, 0]
     tabs.active = 2  # Dimensions
     assert [v.shown for v in views] == [False, False, True, False]
+    assert [len(holder) for holder in tabs] == [1, 0, 1, 0]
     assert [v.version - b for v, b in zip(views, before)] == [2, 0, 1, 0]
     assert "AUC" in app.dimensions.ranking().object.columns
     tabs.active = 2  # shown again, nothing changed: no recompute

@@ -280,3 +280,21 @@ def test_fake_map_method_switch_and_share_link(server, browser):
     restored.wait_for(timeout=30_000)
     assert settle(q, lambda: "Fake map by attention" in restored.inner_text())
     assert p.errors == [] and q.errors == []
+
+
+def test_clicking_an_image_rings_it_in_the_overview(server, browser):
+    """Issue 11: an image clicked in a view is located in the overview (a magenta ring), in the
+    real page: the click travels from the gallery element to the server and back as pixels."""
+    from explorer.overview import LOCATED_RING
+
+    p = Page(browser, server)
+    assert settle(p, lambda: p.overview_pixels().std() > 10), "the overview stayed blank"
+
+    def ring_pixels() -> int:
+        px = p.overview_pixels()
+        return int((np.abs(px - np.array(LOCATED_RING[:3])).sum(axis=-1) < 40).sum())
+
+    assert ring_pixels() == 0
+    p.page.locator("figure.asap-card").nth(2).click()
+    assert settle(p, lambda: ring_pixels() > 20), "no ring appeared in the overview"
+    assert p.errors == []
