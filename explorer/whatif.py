@@ -4,15 +4,54 @@ never imports torch; masking is the pipeline's own (pipeline.perturb: blurred-co
 
 from __future__ import annotations
 
+import base64
 from functools import lru_cache
 
 import numpy as np
 import panel as pn
 import param
+from panel.custom import JSComponent
 
 from .datastore import DataStore
 from .render import ImageAccessError, overlay, to_png
 from .views import TabView
+
+
+class PatchPicker(JSComponent):
+    """An image on the model's patch grid: clicking a patch sends its flat index back
+    (``clicks`` counts, so that clicking the same patch again still counts)."""
+
+    src = param.String(default="", doc="the image as a PNG data URL")
+    size = param.Integer(default=256)
+    grid = param.Tuple(default=(8, 8), length=2, doc="patch rows, columns")
+    clicked = param.Integer(default=-1, doc="flat index (row * columns + column) clicked last")
+    clicks = param.Integer(default=0)
+
+    _esm = """
+    export function render({ model }) {
+      const img = document.createElement('img');
+      img.className = 'asap-patch-picker';
+      img.src = model.src;
+      img.width = model.size;
+      img.height = model.size;
+      img.style.cursor = 'crosshair';
+      img.title = 'click a patch to mask it (again to unmask)';
+      img.addEventListener('click', (event) => {
+        const box = img.getBoundingClientRect();
+        const [rows, cols] = model.grid;
+        const col = Math.min(cols - 1, Math.floor((event.clientX - box.left) / box.width * cols));
+        const row = Math.min(rows - 1, Math.floor((event.clientY - box.top) / box.height * rows));
+        model.clicked = row * cols + col;
+        model.clicks = model.clicks + 1;
+      });
+      model.on('src', () => { img.src = model.src; });
+      return img;
+    }
+    """
+
+    def pixels(self) -> bytes:
+        """The PNG shown (for tests and exports)."""
+        return base64.b64decode(self.src.split("base64,", 1)[1])
 
 
 @lru_cache(maxsize=2)
@@ -121,9 +160,21 @@ class WhatIfView(TabView):
             rgb[ys, xs] = (rgb[ys, xs] * 0.3 + 160).astype(np.uint8)
         caption = (
             f"image #{p.id[row]} · p(fake) {p.p_fake[row]:.3f} · fake map by "
-            f"{self.store.map_method}"
+            f"{self.store.map_method} · {len(self.cells)} of {gh * gw} patches masked"
         )
-        return pn.Column(pn.pane.PNG(to_png(rgb), width=256, height=256), caption)
+        png = base64.b64encode(to_png(rgb)).decode()
+        picker = PatchPicker(src=f"data:image/png;base64,{png}", size=256, grid=(gh, gw),
+                             width=256, height=256)  # fmt: skip
+        picker.param.watch(lambda _: self.toggle(divmod(picker.clicked, gw)), "clicks")
+        return pn.Column(picker, caption)
+
+    def toggle(self, cell: tuple[int, int]) -> None:
+        """Mask patch ``cell`` (grid row, column) if it is not masked, else unmask it."""
+        cell = (int(cell[0]), int(cell[1]))
+        if cell not in self.param.cells.objects:
+            return
+        others = [c for c in self.cells if c != cell]
+        self.cells = others if cell in self.cells else [*self.cells, cell]
 
     def __panel__(self):
         score = pn.widgets.Button(name="Re-score", button_type="primary")
@@ -132,15 +183,14 @@ class WhatIfView(TabView):
         top.on_click(lambda *_: self.mask_top(3))
         clear = pn.widgets.Button(name="Clear mask")
         clear.on_click(lambda *_: self.param.update(cells=[], result=""))
-        pick = pn.widgets.MultiChoice.from_param(self.param.cells, name="masked patches (row, col)")
         return pn.Column(
             pn.pane.Markdown(
-                "Choose patches of the first image of the selection to mask "
-                '(blurred fill, as the pattern impact), then re-score. "Mask top 3" takes '
-                "the fake map shown (switch its method in the Images tab or the sidebar)."
+                "Click patches of the first image of the selection to mask them (blurred fill, "
+                'as the pattern impact; click again to unmask), then re-score. "Mask top 3" '
+                "takes the fake map shown (switch its method in the Images tab or the sidebar). "
+                "The result compares with as many random patches masked instead."
             ),  # fmt: skip
             self.image,
-            pick,
             pn.Row(top, clear, score),
             pn.pane.Markdown(self.param.result, css_classes=["asap-whatif"]),
         )

@@ -208,6 +208,14 @@ def test_pattern_view_and_whatif_masking(patterned_run):
     # what-if: masking the most relevant patches of a confidently detected fake lowers p(fake)
     fakes = np.flatnonzero((s.points.label == 1) & (s.points.p_fake > 0.9))
     s.select_rows(fakes[:1], "tap")
+    # patches are picked by clicking the image (the page sends the patch's flat index)
+    picker = app.whatif.image()[0]
+    gh, gw = picker.grid
+    picker.param.update(clicked=1 * gw + 2, clicks=picker.clicks + 1)
+    assert app.whatif.cells == [(1, 2)] and "1 of 64 patches masked" in app.whatif.image()[1].object
+    picker = app.whatif.image()[0]  # redrawn with the patch greyed out
+    picker.param.update(clicked=1 * gw + 2, clicks=picker.clicks + 1)  # again: unmasked
+    assert app.whatif.cells == []
     app.whatif.mask_top(3)
     assert len(app.whatif.cells) == 3
     app.whatif.run_rescore()

@@ -298,3 +298,21 @@ def test_clicking_an_image_rings_it_in_the_overview(server, browser):
     p.page.locator("figure.asap-card").nth(2).click()
     assert settle(p, lambda: ring_pixels() > 20), "no ring appeared in the overview"
     assert p.errors == []
+
+
+def test_whatif_patches_are_picked_on_the_image(server, browser):
+    """Issue 11: the what-if view's patches are chosen by clicking the image, not from a list;
+    a second click on the same patch unmasks it."""
+    p = Page(browser, server)
+    open_tab(p.page, "What-if")
+    picker = p.page.locator("img.asap-patch-picker")
+    picker.wait_for(timeout=30_000)
+    box = picker.bounding_box()
+    for n in (1, 0):  # masked, then unmasked again
+        p.page.mouse.click(box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.6)
+        caption = p.page.get_by_text(f"{n} of 64 patches masked")
+        caption.wait_for(timeout=30_000)
+        picker = p.page.locator("img.asap-patch-picker")
+        picker.wait_for(timeout=30_000)
+        box = picker.bounding_box()
+    assert p.errors == []

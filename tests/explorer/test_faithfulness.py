@@ -36,12 +36,13 @@ def make_app():
 
 
 def png_pixels(pane) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(pane.object)).convert("RGB"))
+    png = pane.pixels() if hasattr(pane, "pixels") else pane.object  # the what-if picker
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
 
 
 def gallery_pixels(pane, i: int = 0) -> np.ndarray:
     """The ``i``-th image of an HTML gallery (PNG data URLs)."""
-    src = re.findall(r"src='data:image/png;base64,([^']+)'", pane.object)[i]
+    src = re.findall(r"src='data:image/png;base64,([^']+)'", pane.html)[i]
     return np.asarray(Image.open(io.BytesIO(base64.b64decode(src))).convert("RGB"))
 
 
