@@ -43,7 +43,8 @@ def error_page(message: str) -> pn.template.BootstrapTemplate:
 class App:
     """The explorer's page for one session."""
 
-    def __init__(self, run_dir: str, image_roots: tuple[str, ...] = (), sync_url: bool = True):
+    def __init__(self, run_dir: str, image_roots: tuple[str, ...] = (), sync_url: bool = True,
+                 thumb_url: str | None = None):  # fmt: skip
         self.store = DataStore(run_dir, image_roots)
         loc = pn.state.location if sync_url else None
         if loc is not None:
@@ -53,7 +54,7 @@ class App:
             params = {k: k for k in URL_STATE}
             loc.sync(self.store, params, on_error=self.store.apply_link_state)
 
-        self.overview = OverviewView(self.store)
+        self.overview = OverviewView(self.store, thumb_url=thumb_url)
         self.images = ImageView(self.store)
         self.patterns = PatternView(self.store)
         self.dimensions = DimensionView(self.store)
@@ -181,10 +182,13 @@ class App:
         )
 
 
-def create_app(run_dir: str, image_roots: tuple[str, ...] = (), sync_url: bool = True):
-    """The page for one session, or a page that says why the run cannot be opened."""
+def create_app(run_dir: str, image_roots: tuple[str, ...] = (), sync_url: bool = True,
+               thumb_url: str | None = None):  # fmt: skip
+    """The page for one session, or a page that says why the run cannot be opened.
+    ``thumb_url``: where the server answers thumbnails by id (`asap serve`), for the overview's
+    hover; None: the hover shows no image."""
     load_extensions()
     try:
-        return App(run_dir, image_roots, sync_url).template()
+        return App(run_dir, image_roots, sync_url, thumb_url).template()
     except RunDirectoryError as e:
         return error_page(str(e))

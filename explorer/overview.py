@@ -28,6 +28,8 @@ PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#b
 DEFAULT_SIZE = (900, 600)
 DIM_VEIL = (255, 255, 255, 170)  # RGBA over the points outside a selection
 LOCATED_RING = (255, 0, 170, 255)  # the ring around an image clicked in a view
+HOVER_MAX = 5000  # points in view up to which each shows its card on hover
+HOVER_THUMB = 96
 
 
 def glyph_key() -> str:
@@ -62,6 +64,7 @@ class OverviewView(pn.viewable.Viewer):
     """Datashader overview with cell glyphs; selection tools feed the DataStore."""
 
     store = param.ClassSelector(class_=DataStore, constant=True)
+    thumb_url = param.String(default=None, allow_None=True, doc="server route of thumbnails by id")
 
     def __init__(self, store: DataStore, **params):
         super().__init__(store=store, **params)
@@ -138,6 +141,37 @@ class OverviewView(pn.viewable.Viewer):
             arr.reshape(-1, 4)[(outer & ~inner).ravel()] = LOCATED_RING
         return _rgb(img.copy(data=arr.view(np.uint32).reshape(img.shape)), x_range, y_range)
 
+    def hover_layer(self, x_range, y_range, filter_version):
+        """The filtered points in view as invisible markers that carry what the hover shows
+        (id, label, generator, p(fake)), when at most HOVER_MAX are in view (zoom in for more)."""
+        x_range, y_range = self._ranges(x_range, y_range)
+        p, mask = self.store.points, self.store.mask
+        (x0, x1), (y0, y1) = x_range, y_range
+        inside = mask & (p.x >= x0) & (p.x <= x1) & (p.y >= y0) & (p.y <= y1)
+        rows = np.flatnonzero(inside)
+        if len(rows) > HOVER_MAX:
+            rows = rows[:0]
+        data = {
+            "x": p.x[rows],
+            "y": p.y[rows],
+            "id": p.id[rows],
+            "label": np.array(["real", "fake"])[p.label[rows].astype(int)],
+            "generator": np.asarray(p.generators, dtype=object)[p.generator[rows]],
+            "p_fake": p.p_fake[rows],
+        }
+        return hv.Points(data, ["x", "y"], ["id", "label", "generator", "p_fake"])
+
+    def hover_tool(self):
+        from bokeh.models import HoverTool
+
+        image = (f"<img src='{self.thumb_url}@id' width='{HOVER_THUMB}' height='{HOVER_THUMB}' "
+                 "style='display:block'>" if self.thumb_url else "")  # fmt: skip
+        return HoverTool(
+            tooltips=f"<div style='font-size:11px'>{image}#@id · @label · @generator<br>"
+            "p(fake) @p_fake{0.000}</div>",
+            point_policy="snap_to_data",
+        )
+
     def glyph_layer(self, x_range, y_range, width, height, scale, filter_version, show_glyphs,
                     grid, map_method=None):  # fmt: skip
         x_range, y_range = self._ranges(x_range, y_range)
@@ -193,6 +227,19 @@ class OverviewView(pn.viewable.Viewer):
                      streams.Params(store, ["filter_version", "show_glyphs", "grid",
                                             "map_method"])],
         )  # fmt: skip
+        hover = hv.DynamicMap(
+            self.hover_layer,
+            streams=[streams.RangeXY(), streams.Params(store, ["filter_version"])],
+        ).opts(
+            hv.opts.Points(
+                size=9,
+                alpha=0,
+                selection_alpha=0,
+                nonselection_alpha=0,
+                tools=[self.hover_tool()],
+                default_tools=[],
+            )  # fmt: skip
+        )
         box = streams.BoundsXY(source=base)
         lasso = streams.Lasso(source=base)
         tap = streams.Tap(source=base)
@@ -203,7 +250,7 @@ class OverviewView(pn.viewable.Viewer):
         )  # fmt: skip
         tap.add_subscriber(lambda x, y: x is not None and store.select_nearest(x, y))
         rng.add_subscriber(self._remember_viewport)
-        return (base * glyphs * sel).opts(  # the selection, its veil and the ring on top
+        return (base * glyphs * sel * hover).opts(  # the selection, its veil and ring on top
             hv.opts.RGB(
                 tools=["box_select", "lasso_select", "tap"],
                 active_tools=["wheel_zoom", "pan"],

@@ -47,6 +47,34 @@ def _host_guard(app, hosts: set[str]) -> None:
     app.wildcard_router.rules.insert(0, Rule(BadHost(), Forbidden))
 
 
+THUMB_ROUTE = "/asap-thumb/"  # + image id: the overview's hover thumbnails
+THUMB_SIZE = 96
+
+
+def thumbnail_handler(run_dir: str, image_roots: tuple[str, ...]):
+    """A Tornado handler that answers ``THUMB_ROUTE<id>`` with that image's thumbnail as PNG.
+    Images are named by id only and read through the run's ImageSource (inside its image roots);
+    an unknown id or an unreadable file gets 404 with the reason."""
+    from tornado.web import RequestHandler
+
+    from .datastore import shared_run
+    from .render import ImageAccessError, to_png
+
+    class Thumbnail(RequestHandler):
+        def get(self, image_id: str):
+            try:
+                rgb = shared_run(run_dir, image_roots).images.thumbnail(int(image_id), THUMB_SIZE)
+            except (ImageAccessError, ValueError) as e:
+                self.set_status(404)
+                self.finish(f"ASAP explorer: {e}\n")
+                return
+            self.set_header("Content-Type", "image/png")
+            self.set_header("Cache-Control", "private, max-age=3600")  # images do not change
+            self.finish(to_png(rgb))
+
+    return Thumbnail
+
+
 def serve(run_dir: str, port: int = 5006, address: str | None = None, show: bool = False,
           image_roots: tuple[str, ...] = (), origins: tuple[str, ...] = ()):  # fmt: skip
     """Blocks until interrupted. Raises RunDirectoryError before serving if the run is unusable."""
@@ -60,7 +88,7 @@ def serve(run_dir: str, port: int = 5006, address: str | None = None, show: bool
     print(f"ASAP explorer for {run_dir}: http://{shown}:{port}/asap", flush=True)
 
     def session():  # a plain function: Panel calls it once per browser session
-        return create_app(str(run_dir), tuple(image_roots))
+        return create_app(str(run_dir), tuple(image_roots), thumb_url=THUMB_ROUTE)
 
     server = pn.serve(
         {"asap": session},
@@ -72,6 +100,9 @@ def serve(run_dir: str, port: int = 5006, address: str | None = None, show: bool
         # Bokeh accepts only localhost:PORT by default; 127.0.0.1 is the same machine
         websocket_origin=list(origins) or [f"localhost:{port}", f"127.0.0.1:{port}"],
         threaded=False,
+        extra_patterns=[
+            (THUMB_ROUTE + r"([0-9]{1,18})", thumbnail_handler(str(run_dir), tuple(image_roots)))
+        ],  # fmt: skip
     )
     _host_guard(server._tornado, allowed_hosts(port, address, origins))
     server.start()

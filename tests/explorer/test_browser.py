@@ -316,3 +316,29 @@ def test_whatif_patches_are_picked_on_the_image(server, browser):
         picker.wait_for(timeout=30_000)
         box = picker.bounding_box()
     assert p.errors == []
+
+
+def test_hover_shows_the_image_card(server, browser):
+    """Issue 11: hovering a point of the overview shows its card: thumbnail (served by id), id,
+    label, generator and p(fake)."""
+    p = Page(browser, server)
+    assert settle(p, lambda: p.overview_pixels().std() > 10), "the overview stayed blank"
+    box = p.overview().bounding_box()
+    tooltip = p.page.locator(".bk-Tooltip, .bk-tooltip").filter(has_text="p(fake)")
+    shown = False
+    for fx in np.linspace(0.1, 0.9, 9):  # sweep across the overview until a point is hit
+        for fy in np.linspace(0.1, 0.9, 9):
+            p.page.mouse.move(box["x"] + box["width"] * fx, box["y"] + box["height"] * fy)
+            p.page.wait_for_timeout(60)
+            if tooltip.count() and tooltip.first.is_visible():
+                shown = True
+                break
+        if shown:
+            break
+    assert shown, "no hover card over any point of the overview"
+    card = p.page.get_by_text(re.compile(r"#\d+ · (real|fake) · .*p\(fake\) [01]\.\d{3}"))
+    assert card.count() >= 1 and card.first.is_visible()
+    img = p.page.locator("img[src*='/asap-thumb/']")  # any shadow depth
+    assert img.count() >= 1
+    assert settle(p, lambda: img.first.evaluate("e => e.complete && e.naturalWidth") == 96)
+    assert p.errors == []

@@ -62,6 +62,33 @@ def test_foreign_host_headers_are_refused(served):
     assert _get(port, f"127.0.0.1:{port + 1}") == 403
 
 
+def test_thumbnails_by_id_only(served, patterned_run):
+    """The overview's hover thumbnails: one route that takes an image id (digits only), reads it
+    inside the run's image roots and answers 404 with the reason otherwise; behind the Host check
+    like every route."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from explorer.server import THUMB_ROUTE, THUMB_SIZE
+    from pipeline.schema import open_run
+
+    port, _ = served
+    image_id = int(open_run(str(patterned_run[0])).images["id"].iloc[3])
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    conn.request("GET", f"{THUMB_ROUTE}{image_id}", headers={"Host": f"localhost:{port}"})
+    reply = conn.getresponse()
+    assert reply.status == 200 and reply.getheader("Content-Type") == "image/png"
+    thumb = np.asarray(Image.open(io.BytesIO(reply.read())))
+    assert thumb.shape == (THUMB_SIZE, THUMB_SIZE, 3) and thumb.std() > 0
+    conn.close()
+    host = f"localhost:{port}"
+    assert _get(port, host, f"{THUMB_ROUTE}999999999") == 404  # no such image
+    assert _get(port, host, f"{THUMB_ROUTE}..%2F..%2Fetc%2Fpasswd") == 404  # not an id
+    assert _get(port, f"evil.example:{port}", f"{THUMB_ROUTE}{image_id}") == 403
+
+
 def test_allowed_hosts_follow_the_options():
     assert allowed_hosts(5006, None, ()) == {"localhost:5006", "127.0.0.1:5006", "[::1]:5006"}
     opened = allowed_hosts(5006, "10.0.0.5", ("box.lan:5006", "https://viewer.example"))
