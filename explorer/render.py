@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import os
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -83,18 +82,58 @@ class ImageSource:
         return _thumbnail(self.path(image_id), size)
 
 
-@lru_cache(maxsize=4096)
+class ByteBoundedCache:
+    """A least-recently-used cache of numpy arrays bounded by their total bytes (a thumbnail
+    cache bounded by entries grows with the thumbnails' size). Thread-safe."""
+
+    def __init__(self, max_bytes: int):
+        import threading
+        from collections import OrderedDict
+
+        self.max_bytes, self.bytes = int(max_bytes), 0
+        self._items: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key):
+        with self._lock:
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+            return value
+
+    def put(self, key, value: np.ndarray) -> None:
+        with self._lock:
+            if key in self._items or value.nbytes > self.max_bytes:
+                return
+            self._items[key] = value
+            self.bytes += value.nbytes
+            while self.bytes > self.max_bytes:
+                _, old = self._items.popitem(last=False)
+                self.bytes -= old.nbytes
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+THUMB_CACHE_BYTES = 256 * 2**20  # every session's thumbnails together
+_THUMBS = ByteBoundedCache(THUMB_CACHE_BYTES)
+
+
 def _thumbnail(real_path: bytes, size: int) -> np.ndarray:
+    cached = _THUMBS.get((real_path, size))
+    if cached is not None:
+        return cached
     try:
         arr, _ = decode_image(read_bytes(real_path))
-    except ImageRejected:
+        out = resize_center_crop(arr, size)
+    except ImageRejected:  # not cached: the file may come back
         tile = Image.new("RGB", (size, size), (200, 200, 200))
         draw = ImageDraw.Draw(tile)
         draw.line((0, 0, size, size), fill=(120, 120, 120), width=2)
         draw.line((0, size, size, 0), fill=(120, 120, 120), width=2)
         return np.asarray(tile)
-    out = resize_center_crop(arr, size)
     out.setflags(write=False)  # shared by every session through the cache
+    _THUMBS.put((real_path, size), out)
     return out
 
 

@@ -373,3 +373,18 @@ def test_the_selection_travels_in_the_share_link(patterned_run):
         other.apply_link_state({"selection": bad})
         assert other.selection is None and len(other.selected) == len(p)
         assert any("selection=" in n for n in other.notices), bad
+
+
+def test_thumbnail_cache_is_bounded_in_bytes():
+    from explorer.render import ByteBoundedCache
+
+    cache = ByteBoundedCache(max_bytes=10_000)
+    tiles = [np.full((30, 30, 3), i, np.uint8) for i in range(6)]  # 2,700 bytes each
+    for i, t in enumerate(tiles[:3]):
+        cache.put(i, t)
+    assert cache.get(0) is tiles[0]  # 0 is now the most recently used
+    cache.put(3, tiles[3])  # 10,800 bytes > 10,000: the least recently used (1) goes
+    assert cache.get(1) is None and cache.get(0) is tiles[0] and cache.get(3) is tiles[3]
+    assert cache.bytes == 3 * 2_700 <= cache.max_bytes and len(cache) == 3
+    cache.put(9, np.zeros(20_000, np.uint8))  # larger than the whole cache: not kept
+    assert cache.get(9) is None and cache.bytes == 8_100
