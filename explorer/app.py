@@ -169,9 +169,11 @@ class App:
         tabs.param.watch(lambda e: show(e.new), "active")
         return [
             summary,
+            # both panes share the width (at 1280 px the side pane used to overflow the page);
+            # the side pane's galleries wrap, its tables scroll and its images scale
             pn.Row(
-                pn.Column(self.overview, sizing_mode="stretch_both", min_width=500),
-                pn.Column(tabs, width=600),
+                pn.Column(self.overview, sizing_mode="stretch_both", min_width=380),
+                pn.Column(tabs, sizing_mode="stretch_both", min_width=440, max_width=620),
                 sizing_mode="stretch_both",
             ),
         ]

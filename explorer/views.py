@@ -259,7 +259,7 @@ class DimensionView(TabView):
             pn.pane.HTML("<span style='color:#3b4cc0'>■</span> real "
                          "<span style='color:#b40426'>■</span> fake · each panel scaled to its "
                          "own peak", styles={"font-size": "11px"}, margin=(0, 5)),
-            pn.pane.PNG(to_png(grid), width=grid.shape[1], height=grid.shape[0],
+            pn.pane.PNG(to_png(grid), sizing_mode="scale_width", max_width=grid.shape[1],
                         css_classes=["asap-histograms"]),
         )  # fmt: skip
 
@@ -373,7 +373,8 @@ class PatternView(TabView):
                  "impact_hi", "random_impact", "top_dims"]].round(3)  # fmt: skip
         df["significant"] = np.where(df["significant"], SIGNIFICANT, NOT_SIGNIFICANT)
         tab = pn.widgets.Tabulator(df, show_index=False, disabled=True, height=220,
-                                   selectable=1, sizing_mode="stretch_width")  # fmt: skip
+                                   selectable=1, sizing_mode="stretch_width",
+                                   frozen_columns=["pattern"])  # fmt: skip
         tab.style.apply(_grey_if_not_significant, axis=1)
 
         def pick(event):  # a click on the highlighted row again clears the highlight

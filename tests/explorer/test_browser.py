@@ -342,3 +342,21 @@ def test_hover_shows_the_image_card(server, browser):
     assert img.count() >= 1
     assert settle(p, lambda: img.first.evaluate("e => e.complete && e.naturalWidth") == 96)
     assert p.errors == []
+
+
+def test_fits_a_1280x720_screen(server, browser):
+    """Issue 11: at 1280x720 the side pane no longer runs off the page: every control of the
+    Images tab (the sort order last) and the Dimensions tab's histograms are inside the window."""
+    page = browser.new_page(viewport={"width": 1280, "height": 720})
+    page.goto(server)
+    page.get_by_text(re.compile(r"images \(.*\) ·")).wait_for(timeout=90_000)
+    sort = page.locator("select").filter(has_text="p(fake) high first").first
+    sort.wait_for(timeout=30_000)
+    box = sort.bounding_box()
+    assert box["x"] + box["width"] <= 1280, box
+    open_tab(page, "Dimensions")
+    hist = page.locator(".asap-histograms img").first
+    hist.wait_for(timeout=30_000)
+    box = hist.bounding_box()
+    assert box["x"] + box["width"] <= 1280, box
+    page.close()
