@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-STEMS = ("forensic", "highpass", "none")
+STEMS = ("forensic", "patch", "highpass", "none")
 
 
 @dataclass(frozen=True)
@@ -19,20 +19,22 @@ class EncoderConfig:
     distilled_dim: int = 16
     # optional .pt file holding a (proj_dim, embed_dim) text-disentangling matrix to start from
     text_projection: str | None = None
-    # what the tower sees: "forensic" (the residual of the image minus a blurred copy, where
-    # generator traces live, as forensic detectors' SRM/residual stems, plus its local energy
-    # relative to the image's: 6 channels), "highpass" (the residual alone) or "none" (the
-    # pixels, as CLIP was trained). None: "forensic" for towers trained from scratch, "none" for
-    # pretrained ones (whose first layer takes 3 channels).
+    # what the tower sees: "patch" (the residual of the image minus a blurred copy, where
+    # generator traces live, as forensic detectors' SRM/residual stems, plus each ViT patch's
+    # residual energy relative to its neighbouring patches: 6 channels), "forensic" (the same with
+    # a pixel-wise energy against a blurred surround, which spreads a trace into neighbouring
+    # patches; issue 9), "highpass" (the residual alone) or "none" (the pixels, as CLIP was
+    # trained). None: "patch" for towers trained from scratch, "none" for pretrained ones (whose
+    # first layer takes 3 channels).
     stem: str | None = None
 
     def __post_init__(self):
-        stem = self.stem or ("none" if self.pretrained else "forensic")
+        stem = self.stem or ("none" if self.pretrained else "patch")
         if stem not in STEMS:
             raise ValueError(f"stem must be one of {STEMS}, got {self.stem!r}")
-        if stem == "forensic" and self.pretrained:
+        if stem in ("forensic", "patch") and self.pretrained:
             raise ValueError(
-                "the forensic stem has 6 channels, a pretrained tower's first layer takes 3: use "
+                f"the {stem} stem has 6 channels, a pretrained tower's first layer takes 3: use "
                 "stem 'highpass' or 'none' with --pretrained"
             )
         object.__setattr__(self, "stem", stem)

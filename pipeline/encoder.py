@@ -64,7 +64,31 @@ def local_energy(residual: torch.Tensor) -> torch.Tensor:
     return torch.log(energy / surround).clamp(-ENERGY_CLAMP, ENERGY_CLAMP)
 
 
-STEM_CHANNELS = {"none": 3, "highpass": 3, "forensic": 6}
+PATCH_NEIGHBOURS = 5  # side, in patches, of the neighbourhood a patch's energy is compared with
+
+
+def patch_energy(residual: torch.Tensor, patch: int) -> torch.Tensor:
+    """Per channel, log of each ViT patch's mean residual energy over the median of its
+    PATCH_NEIGHBOURS x PATCH_NEIGHBOURS neighbourhood of patches (reflected at the border),
+    clamped to +-ENERGY_CLAMP, constant within each patch. Like ``local_energy`` it turns "more
+    (or less) noise here than around" into a consistent direction the patch embedding can read,
+    but token by token: a trace changes only its own patches' value (the median ignores one odd
+    patch among 25), so the evidence stays in the tokens where it is. ``local_energy``'s blurred
+    surround lowers the value of every pixel within ~12 px of a trace, which let the tower read
+    it from neighbouring patches (issue 9: gradient maps pointed at the trace in 22% of detected
+    fakes, occlusion in 73%)."""
+    b, c, h, w = residual.shape
+    log_e = torch.log(F.avg_pool2d(residual * residual, patch) + 1e-3)  # (B, C, h/p, w/p)
+    gh, gw = log_e.shape[-2:]
+    k = min(PATCH_NEIGHBOURS, 2 * min(gh, gw) - 1) // 2 * 2 + 1  # odd, reflect-padding allows
+    pad = k // 2
+    padded = F.pad(log_e.reshape(b * c, 1, gh, gw), (pad, pad, pad, pad), mode="reflect")
+    ref = F.unfold(padded, k).median(dim=1).values.reshape(b, c, gh, gw)
+    ratio = (log_e - ref).clamp(-ENERGY_CLAMP, ENERGY_CLAMP)
+    return F.interpolate(ratio, size=(h, w), mode="nearest")
+
+
+STEM_CHANNELS = {"none": 3, "highpass": 3, "forensic": 6, "patch": 6}
 
 
 class ASAPEncoder(nn.Module):
@@ -95,7 +119,13 @@ class ASAPEncoder(nn.Module):
         residual = HIGHPASS_GAIN * (pixels - TF.gaussian_blur(pixels, [5, 5], [1.0, 1.0]))
         if self.cfg.stem == "highpass":
             return residual
+        if self.cfg.stem == "patch":
+            return torch.cat([residual, patch_energy(residual, self.patch_size)], dim=1)
         return torch.cat([residual, local_energy(residual)], dim=1)
+
+    @property
+    def patch_size(self) -> int:
+        return int(self.visual.conv1.kernel_size[0])
 
     def embed(self, pixels: torch.Tensor) -> torch.Tensor:
         """Pixels (B, 3, S, S) -> CLIP embedding (B, E)."""

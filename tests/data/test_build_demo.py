@@ -131,16 +131,18 @@ def test_demo_steps_end_to_end(demo200, tmp_path):
 
 def test_make_demo_uses_the_committed_encoder(demo200, tmp_path):
     """`make demo` runs with data/demo-encoder.pt (data/make_demo_encoder.py): the file is the
-    default tiny ViT with the forensic stem, stored as float16 with how it was made, and a run
-    given it trains nothing and keeps exactly those weights."""
+    default tiny ViT with the default (patch) stem, stored as float16 with how it was made, and a
+    run given it trains nothing and keeps exactly those weights."""
     import torch
 
+    from pipeline.config import EncoderConfig
     from pipeline.encoder import file_sha256, load_encoder
 
     committed = REPO / "data" / "demo-encoder.pt"
     blob = torch.load(committed, map_location="cpu", weights_only=False)
     assert blob["config"]["model_name"] == "asap-tiny-vit-64"
-    assert blob["config"]["stem"] == "forensic" and blob["config"]["pretrained"] is None
+    assert blob["config"]["stem"] == EncoderConfig().stem == "patch"
+    assert blob["config"]["pretrained"] is None
     assert "make_demo_encoder.py" in blob["extra"]["made_by"]
     assert all(
         v.dtype == torch.float16 for v in blob["state_dict"].values() if v.is_floating_point()

@@ -16,6 +16,7 @@ from pipeline.encoder import (
     create_encoder,
     load_encoder,
     local_energy,
+    patch_energy,
     save_encoder,
 )
 from tests.conftest import TINY
@@ -32,7 +33,7 @@ def test_forward_shapes_and_orthogonal_projection():
     assert all(p.requires_grad for p in model.visual.parameters()), "scratch tower must train"
 
 
-@pytest.mark.parametrize("stem", ["forensic", "highpass", "none"])
+@pytest.mark.parametrize("stem", ["forensic", "patch", "highpass", "none"])
 def test_save_load_round_trip(tmp_path, stem):
     torch.manual_seed(1)
     model = create_encoder(EncoderConfig(model_name=TINY, stem=stem)).eval()
@@ -47,11 +48,13 @@ def test_save_load_round_trip(tmp_path, stem):
     assert float(loaded.temperature) == 2.5
 
 
-def test_default_stems_and_the_forensic_stem_refused_on_a_pretrained_tower():
-    assert EncoderConfig().stem == "forensic"
+def test_default_stems_and_the_energy_stems_refused_on_a_pretrained_tower():
+    assert EncoderConfig().stem == "patch"
     assert EncoderConfig(pretrained="openai").stem == "none"
     with pytest.raises(ValueError, match="6 channels"):
         EncoderConfig(pretrained="openai", stem="forensic")
+    with pytest.raises(ValueError, match="6 channels"):
+        EncoderConfig(pretrained="openai", stem="patch")
 
 
 def test_local_energy_is_relative_to_the_image_and_marks_a_noisier_region():
@@ -66,6 +69,25 @@ def test_local_energy_is_relative_to_the_image_and_marks_a_noisier_region():
     assert e[1, :, :, :30].abs().median() < 0.4  # far from the region, unchanged
     # a ratio to the surround: the same for a 10x louder image (the eps aside)
     assert torch.allclose(local_energy(10 * residual), e, atol=0.02)
+
+
+def test_patch_energy_is_per_patch_relative_and_stays_in_the_trace_s_patches():
+    g = torch.Generator().manual_seed(0)
+    residual = torch.randn(1, 3, 64, 64, generator=g).repeat(2, 1, 1, 1)
+    residual[1, :, 16:32, 40:48] *= 4  # two patches (8 px grid), 16x the energy
+    e = patch_energy(residual, 8)
+    assert e.shape == residual.shape and e.abs().max() <= ENERGY_CLAMP
+    grid = e.reshape(2, 3, 8, 8, 8, 8)  # (B, C, row, y in patch, column, x in patch)
+    assert torch.equal(grid, grid[:, :, :, :1, :, :1].expand_as(grid)), "constant per patch"
+    per_patch = grid[:, :, :, 0, :, 0].mean(1)  # (B, 8, 8)
+    # the two noisy patches read log(16) ~ 2.8 above their neighbourhood; every other patch of
+    # the image is as it was without them (the median ignores them): the evidence stays local
+    assert per_patch[1, 2:4, 5].min() > 2.0
+    others = torch.ones(8, 8, dtype=torch.bool)
+    others[2:4, 5] = False
+    assert (per_patch[1] - per_patch[0])[others].abs().max() < 0.1  # measured: 0.04
+    assert per_patch[0].abs().median() < 0.3  # clean noise: about 0
+    assert torch.allclose(patch_energy(10 * residual, 8), e, atol=0.02)  # a ratio
 
 
 def test_local_checkpoint_is_loaded_and_frozen(tmp_path):
