@@ -102,9 +102,9 @@ class App:
         )
         clear = pn.widgets.Button(name="Clear selection", button_type="light")
         clear.on_click(lambda _: s.clear_selection())
-        metrics = s.run.metrics.get("test", {}).get("overall", {})
-        facts = ", ".join(f"{k} {metrics[k]:.2f}" for k in ("accuracy", "ap", "auc")
-                          if isinstance(metrics.get(k), (int, float)))  # fmt: skip
+        metrics = s.run.test_metrics
+        shown = [k for k in ("accuracy", "ap", "auc") if k in metrics]
+        facts = ", ".join(f"{k} {metrics[k]:.2f}" for k in shown)
         notice = pn.pane.Alert(
             pn.bind(lambda n: "**Not shown from the link:**  \n" + "  \n".join(n), s.param.notices),
             alert_type="warning",

@@ -53,7 +53,7 @@ def shared_run(run_dir: str, image_roots: tuple[str, ...] = ()) -> SharedRun:
             "error": pd.Categorical.from_codes(points.error.astype(np.int8), ["correct", "error"]),
         }
     )
-    images = ImageSource(run.images, run.meta, image_roots)
+    images = ImageSource(run.images, run.source, image_roots)
     return SharedRun(points, run, frame, dims, images, load_patterns(run))
 
 

@@ -29,9 +29,9 @@ class ImageAccessError(PermissionError):
     """An image lies outside the run's image roots, or its id is unknown."""
 
 
-def image_roots(meta: dict, extra: tuple[str, ...] = ()) -> tuple[str, ...]:
-    """Real paths of the folders the app may read images from."""
-    source = meta.get("config", {}).get("source")
+def image_roots(source: str | None, extra: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """Real paths of the folders the app may read images from: the run's ``source`` folder (a
+    manifest's folder) and ``extra``."""
     roots = []
     if source:
         src = Path(source)
@@ -57,11 +57,11 @@ def check_inside(path: bytes | str, roots: tuple[str, ...]) -> bytes:
 class ImageSource:
     """Opens a run's images by id, inside its roots only."""
 
-    def __init__(self, images, meta: dict, extra_roots: tuple[str, ...] = ()):
+    def __init__(self, images, source: str | None, extra_roots: tuple[str, ...] = ()):
         order = np.argsort(images["id"].to_numpy(), kind="stable")
         self._ids = images["id"].to_numpy()[order]
         self._paths = images["path_bytes"].iloc[order].reset_index(drop=True)  # may be Arrow
-        self.roots = image_roots(meta, extra_roots)
+        self.roots = image_roots(source, extra_roots)
 
     def path(self, image_id: int) -> bytes:
         try:

@@ -385,6 +385,18 @@ class Run:
     def metrics(self) -> dict:
         return json.loads(self.paths.metrics.read_text()) if self.paths.metrics.exists() else {}
 
+    @property
+    def test_metrics(self) -> dict[str, float]:
+        """The held-out split's overall figures (accuracy, ap, auc, ece, ...) that are numbers;
+        {} when the run has none (an encoder given, no labels)."""
+        overall = self.metrics.get("test", {}).get("overall", {})
+        return {k: float(v) for k, v in overall.items() if isinstance(v, (int, float))}
+
+    @property
+    def source(self) -> str | None:
+        """The folder or manifest the run's images were ingested from."""
+        return self.meta.get("config", {}).get("source")
+
 
 def open_run(root, lean: bool = False) -> Run:
     """Open a finished run directory, or raise RunDirectoryError saying what is missing.

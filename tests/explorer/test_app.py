@@ -29,7 +29,7 @@ def test_image_access_stays_inside_roots(tmp_path):
         "path_bytes": [odd, os.fsencode(root / "link.png"),
                        os.fsencode(root / ".." / "secret.png"), os.fsencode(root / "gone.png")],
     })  # fmt: skip
-    src = ImageSource(images, {"config": {"source": str(root)}})
+    src = ImageSource(images, str(root))
     thumb = src.thumbnail(0, 32)
     assert thumb.shape == (32, 32, 3) and tuple(thumb[16, 16]) == (10, 200, 30)
     for bad in (1, 2):  # symlink out of the root, and ../
@@ -73,6 +73,9 @@ def test_datastore_filters_selection_and_views(small_run, tmp_path):
     s = app.store
     n = len(s.points)
     assert len(s.selected) == n and "of 120" in s.summary()
+    # views read the run through the contract's typed accessors
+    assert {"accuracy", "ap", "auc"} <= set(s.run.test_metrics) and s.run.source
+    assert all(isinstance(v, float) for v in s.run.test_metrics.values())
     s.labels = ["fake"]
     assert (s.points.label[s.selected] == 1).all() and len(s.selected) == 60
     s.labels = ["real", "fake"]

@@ -265,11 +265,11 @@ def test_parquet_shards_end_to_end(tmp_path, random_encoder, dask_scheduler):
     assert len(run.rejects) == 4
     from explorer.render import ImageAccessError, ImageSource
 
-    inside = ImageSource(run.images, run.meta)
+    inside = ImageSource(run.images, run.source)
     first = int(run.images["id"].iloc[0])
     assert inside.thumbnail(first, 32).shape == (32, 32, 3)
     (tmp_path / "elsewhere").mkdir()
-    outside = ImageSource(run.images, {"config": {"source": str(tmp_path / "elsewhere")}})
+    outside = ImageSource(run.images, str(tmp_path / "elsewhere"))
     with pytest.raises(ImageAccessError):
         outside.path(first)
 
