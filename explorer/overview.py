@@ -141,7 +141,7 @@ class OverviewView(pn.viewable.Viewer):
             arr.reshape(-1, 4)[(outer & ~inner).ravel()] = LOCATED_RING
         return _rgb(img.copy(data=arr.view(np.uint32).reshape(img.shape)), x_range, y_range)
 
-    def hover_layer(self, x_range, y_range, filter_version):
+    def hover_layer(self, x_range=None, y_range=None, filter_version=0):
         """The filtered points in view as invisible markers that carry what the hover shows
         (id, label, generator, p(fake)), when at most HOVER_MAX are in view (zoom in for more)."""
         x_range, y_range = self._ranges(x_range, y_range)
@@ -227,9 +227,11 @@ class OverviewView(pn.viewable.Viewer):
                      streams.Params(store, ["filter_version", "show_glyphs", "grid",
                                             "map_method"])],
         )  # fmt: skip
+        # a run small enough to hover everywhere sends its points once per filter, not at every
+        # zoom and pan
+        follow = [streams.RangeXY()] if len(store.points) > HOVER_MAX else []
         hover = hv.DynamicMap(
-            self.hover_layer,
-            streams=[streams.RangeXY(), streams.Params(store, ["filter_version"])],
+            self.hover_layer, streams=[*follow, streams.Params(store, ["filter_version"])]
         ).opts(
             hv.opts.Points(
                 size=9,

@@ -106,16 +106,25 @@ class Gallery(JSComponent):
     """
 
 
-def gallery(store: DataStore, rows, channel: int, size: int = 128) -> Gallery:
-    """The images of ``rows`` as one clickable element: a click locates that image in the
-    overview (``DataStore.locate``)."""
+def gallery_html(store: DataStore, rows, channel: int, size: int = 128) -> str:
     vmax = store.map_vmax(channel)
     cards = "".join(image_card(store, int(r), channel, size, vmax) for r in rows)
-    view = Gallery(
-        html=f"<div class='asap-gallery' style='display:flex;flex-wrap:wrap;gap:6px;"
-        f"cursor:pointer' title='click an image to locate it in the overview'>{cards}</div>",
-        sizing_mode="stretch_width",
+    return (
+        "<div class='asap-gallery' style='display:flex;flex-wrap:wrap;gap:6px;cursor:pointer' "
+        f"title='click an image to locate it in the overview'>{cards}</div>"
     )
+
+
+def gallery(store: DataStore, rows, channel: int, size: int = 128,
+            view: Gallery | None = None) -> Gallery:  # fmt: skip
+    """The images of ``rows`` as one clickable element: a click locates that image in the
+    overview (``DataStore.locate``). Given ``view``, its content is replaced instead: the page
+    keeps its element and only receives the new HTML."""
+    html = gallery_html(store, rows, channel, size)
+    if view is not None:
+        view.html = html
+        return view
+    view = Gallery(html=html, sizing_mode="stretch_width")
     view.param.watch(lambda _: store.locate(view.clicked), "clicks")
     return view
 
@@ -212,7 +221,8 @@ class ImageView(TabView):
         if len(rows) == 0:
             return pn.pane.Markdown("No images match the filters and selection.")
         channel = MAP_NAMES.index(store.map_name)
-        return gallery(store, rows, channel)
+        self._gallery = gallery(store, rows, channel, view=getattr(self, "_gallery", None))
+        return self._gallery
 
     def __panel__(self):
         s = self.store
