@@ -44,6 +44,7 @@ from pipeline import ingest
 from pipeline.config import STEMS, EncoderConfig, TrainConfig
 from pipeline.encoder import create_encoder, load_encoder
 from pipeline.explain import DEFAULT_METHOD, METHODS
+from pipeline.explain import adapter as A
 from pipeline.imageio import load_for_model, normalize
 from pipeline.perturb import curve_area, order_by, perturbation_curves
 from pipeline.synthetic import SUITE_FAMILIES, make_suite, peak_on_artifact
@@ -108,7 +109,8 @@ def paired(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
 def suite_seed(args, seed: int, methods: list[str]) -> dict:
     """Generate, train, and score one seed of the planted suite: {method: {figure: value}}."""
     with tempfile.TemporaryDirectory() as tmp:
-        truth, masks = make_suite(Path(tmp) / "imgs", args.n_real, args.n_fake, seed=seed)
+        truth, masks = make_suite(Path(tmp) / "imgs", args.n_real, args.n_fake, seed=seed,
+                                  size=args.size)  # fmt: skip
         images = ingest.finalize(
             ingest.inspect_candidates(ingest.discover(Path(tmp) / "imgs"), 10**8, 8)[0]
         )
@@ -118,7 +120,9 @@ def suite_seed(args, seed: int, methods: list[str]) -> dict:
         if args.encoder:
             model, info = load_encoder(args.encoder), {}
         else:
-            model = create_encoder(EncoderConfig(model_name=args.model, stem=args.stem))
+            model = create_encoder(
+                EncoderConfig(model_name=args.model, stem=args.stem, tiles=args.tiles)
+            )
             tcfg = TrainConfig(epochs=args.epochs, seed=seed)
             info = train_encoder(model, images, tcfg)
         model.eval()
@@ -140,7 +144,7 @@ def suite_seed(args, seed: int, methods: list[str]) -> dict:
         scores = score_methods(model, pixels[torch.as_tensor(det)], methods, args.batch,
                                args.steps, seed)  # fmt: skip
         fam_det = fam[det]
-        gh = model.visual.grid_size[0]
+        gh = A.grid(model)[0]
         res["_chance"] = float(np.mean([
             peak_on_artifact(np.eye(gh * gh)[i].reshape(1, gh, gh).repeat(len(mk), 0), mk).mean()
             for i in range(gh * gh)
@@ -245,6 +249,10 @@ def main() -> None:
     ap.add_argument("--stem", default=None, choices=STEMS, help="the detector's stem (default: "
                     "the default for a tower trained from scratch)")  # fmt: skip
     ap.add_argument("--encoder", default=None, help="score this encoder instead of training")
+    ap.add_argument("--size", type=int, default=64, help="side of the suite's images in pixels")
+    ap.add_argument("--tiles", type=int, default=1, help="the detector's tiles per side (asap run "
+                    "--tiles): --size 128 --tiles 2 sees the images at native resolution, "
+                    "--tiles 1 resizes them to the tower's input")  # fmt: skip
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--steps", type=int, default=10)

@@ -55,9 +55,12 @@ def _real(rng: np.random.Generator, size: int) -> np.ndarray:
     return base.astype(np.float32) + noise
 
 
+TRACE_SIDE = 48
+
+
 def _trace(rng: np.random.Generator, arr: np.ndarray, family: str) -> np.ndarray:
     """A faint (a few grey levels) 48 px local trace at a random place."""
-    side = 48
+    side = TRACE_SIDE
     top, left = (int(v) for v in rng.integers(0, arr.shape[0] - side, size=2))
     yy, xx = np.mgrid[0:side, 0:side]
     if family == "gen_checker":
@@ -85,6 +88,48 @@ def _write_chunk(args) -> int:
         img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
         img.save(folder / f"img_{i:07d}.jpg", quality=92)
     return stop - start
+
+
+def trace_box(i: int, seed: int = 0) -> tuple[int, int]:
+    """(top, left) of fake image i's trace, replayed from the generator's random stream."""
+    rng = np.random.default_rng([seed, i])
+    _real(rng, SIZE)
+    return tuple(int(v) for v in rng.integers(0, SIZE - TRACE_SIDE, size=2))
+
+
+def truth_report(run: Path, seed: int = 0) -> str:
+    """What the run's detector and default maps got right on the held-out (test) images: accuracy,
+    AUC, the share of fakes detected, and among them the share whose fake map peaks on a patch
+    overlapping the trace (the pointing game of benchmarks/faithfulness.py; chance is the trace's
+    share of the patches it touches)."""
+    from pipeline.schema import open_run
+
+    r = open_run(run)
+    df = r.features.merge(r.images, on="id", validate="one_to_one")
+    df = df[df["split"] == "test"]
+    m = r.test_metrics
+    acc, auc = m.get("accuracy", float("nan")), m.get("auc", float("nan"))
+    fakes = df[(df["label"] == 1) & (df["p_fake"] >= 0.5)]
+    n_fake = int((df["label"] == 1).sum())
+    if not len(fakes):
+        return f"held-out: accuracy {acc:.3f}, AUC {auc:.3f}, 0 of {n_fake} fakes detected"
+    maps = r.relevance.fake_maps(fakes["part"].to_numpy(), fakes["row"].to_numpy())
+    gh, gw = maps.shape[1:]
+    cell = SIZE / gh  # the images are square: the analysis covers the whole image
+    hits, chance = [], []
+    for mp, path in zip(maps, fakes["path"]):
+        top, left = trace_box(int(Path(path).stem.split("_")[1]), seed)
+        ys = np.arange(gh) * cell
+        xs = np.arange(gw) * cell
+        on_y = (ys + cell > top) & (ys < top + TRACE_SIDE)
+        on_x = (xs + cell > left) & (xs < left + TRACE_SIDE)
+        touched = on_y[:, None] & on_x[None, :]
+        y, x = np.unravel_index(int(np.argmax(mp)), mp.shape)
+        hits.append(bool(touched[y, x]))
+        chance.append(touched.mean())
+    return (f"held-out: accuracy {acc:.3f}, AUC {auc:.3f}, {len(fakes)} of {n_fake} fakes "
+            f"detected; the fake map's peak on the trace in {np.mean(hits):.1%} of them "
+            f"(chance {np.mean(chance):.1%}; {gh}x{gw} map)")  # fmt: skip
 
 
 def make_images(root: Path, n: int, seed: int = 0) -> float:
@@ -120,7 +165,8 @@ def ceiling(run: Path, device: str, threads: int, batches=(32, 64, 128, 256)) ->
     precision = cfg.get("precision", "auto")
     compare = tuple(cfg["compare_maps"])
     best = (0.0, 0)
-    for b in batches:
+    # a tiled encoder's batch holds tiles^2 tower inputs per image: the same work per batch
+    for b in sorted({max(1, b // model.tiles**2) for b in batches}):
         x = torch.randn(b, 3, model.image_size, model.image_size, device=device)
 
         def step(x=x):
@@ -190,6 +236,7 @@ def main() -> None:
     print(f"\nwall {wall:.0f} s for {n} images (process start to exit); encode {enc_ips:.0f} img/s "
           f"on {enc.get('device')} {enc.get('precision')}; ceiling {ceil:.0f} img/s "
           f"(batch {batch}, {threads} threads, same model, maps and precision)")  # fmt: skip
+    print(truth_report(out))
     print(f"e2e_img_per_s={n / wall:.1f} encode_efficiency={enc_ips / ceil:.3f} "
           f"driver_rss_mb={driver:.0f}")  # fmt: skip
 

@@ -106,6 +106,11 @@ def _add_run(sub) -> None:
     )
     m.add_argument("--encoder", default=None, help="reuse a trained ASAP encoder.pt, skip training")
     m.add_argument("--text-projection", default=None, help="(256, E) .pt matrix to start from")
+    m.add_argument("--tiles", type=int, default=EncoderConfig.tiles, metavar="K",
+                   help="native-resolution analysis: resize each image to K x the model's input, "
+                   "cut it into K x K tiles that the tower sees unresized, and pool their scores; "
+                   "keeps traces of a pixel or two in large images (costs K^2 x the compute; "
+                   "towers trained from scratch; default: %(default)s)")  # fmt: skip
     t = p.add_argument_group("training")
     t.add_argument("--epochs", type=int, default=TrainConfig.epochs,
                    help="at most this many epochs (default: %(default)s)")  # fmt: skip
@@ -243,7 +248,10 @@ def build_config(a: argparse.Namespace) -> RunConfig:
         source=os.path.abspath(a.source),
         out=a.out,
         encoder=EncoderConfig(
-            model_name=a.model, pretrained=a.pretrained, text_projection=a.text_projection
+            model_name=a.model,
+            pretrained=a.pretrained,
+            text_projection=a.text_projection,
+            tiles=a.tiles,
         ),
         train=TrainConfig(
             epochs=a.epochs,

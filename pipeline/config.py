@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 STEMS = ("forensic", "patch", "highpass", "none")
+MAX_TILES = 8  # tiles per side (64 tiles of the tower's input per image)
 
 
 @dataclass(frozen=True)
@@ -27,8 +28,22 @@ class EncoderConfig:
     # trained). None: "patch" for towers trained from scratch, "none" for pretrained ones (whose
     # first layer takes 3 channels).
     stem: str | None = None
+    # native-resolution analysis: the image is resized (shorter side) to `tiles` x the tower's
+    # input size, centre-cropped, and cut into tiles x tiles tiles the tower sees at that
+    # resolution; the image's score pools the tiles' (a smooth maximum: a local trace in one tile
+    # makes the image fake) and its maps are the tiles' maps side by side. 1: the whole image is
+    # resized to the tower's input, which averages away traces of a pixel or two in images much
+    # larger than the input (issue 9; forensic detectors crop or tile at native resolution).
+    tiles: int = 1
 
     def __post_init__(self):
+        if not isinstance(self.tiles, int) or not 1 <= self.tiles <= MAX_TILES:
+            raise ValueError(f"tiles must be an integer from 1 to {MAX_TILES}, got {self.tiles!r}")
+        if self.tiles > 1 and self.pretrained:
+            raise ValueError(
+                "--tiles > 1 needs a tower trained from scratch: a frozen pretrained tower's "
+                "embeddings are cached per image, not per tile (use --tiles 1 with --pretrained)"
+            )
         stem = self.stem or ("none" if self.pretrained else "patch")
         if stem not in STEMS:
             raise ValueError(f"stem must be one of {STEMS}, got {self.stem!r}")

@@ -88,6 +88,10 @@ def patch_energy(residual: torch.Tensor, patch: int) -> torch.Tensor:
     return F.interpolate(ratio, size=(h, w), mode="nearest")
 
 
+# temperature of the smooth maximum over tiles, in logit units: a tile 3 logits above 15 others
+# carries 96% of the weight
+TILE_POOL_T = 0.5
+
 STEM_CHANNELS = {"none": 3, "highpass": 3, "forensic": 6, "patch": 6}
 
 
@@ -105,8 +109,44 @@ class ASAPEncoder(nn.Module):
         self.register_buffer("temperature", torch.ones(()))
 
     @property
-    def image_size(self) -> int:
+    def tower_size(self) -> int:
+        """The tower's input side in pixels (one tile)."""
         return int(self.preprocess["image_size"])
+
+    @property
+    def tiles(self) -> int:
+        return int(self.cfg.tiles)
+
+    @property
+    def image_size(self) -> int:
+        """The side every loader resizes and crops an image to: ``tiles`` x the tower's input."""
+        return self.tower_size * self.tiles
+
+    def to_tiles(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, k*S, k*S) -> (B*k*k, C, S, S), tiles in row-major order within each image."""
+        k = self.tiles
+        if k == 1:
+            return x
+        B, C, H, W = x.shape
+        s = H // k
+        return x.view(B, C, k, s, k, s).permute(0, 2, 4, 1, 3, 5).reshape(B * k * k, C, s, s)
+
+    def pool_heads(self, emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Tiles' CLIP embeddings (B*k*k, E) -> the image's embedding (B, E), distilled (B, 16)
+        and fake logit (B,). Tiles are weighted by softmax(tile logit / TILE_POOL_T), a smooth
+        maximum: one fake-looking tile makes the image fake, a real image needs every tile real.
+        The image's distilled vector is the weighted mean of the tiles', and its logit is the head
+        on it, i.e. the weighted mean of the tiles' logits (the head is linear), so the 16
+        dimensions still explain the score."""
+        distilled, logit = self.heads(emb)
+        k2 = self.tiles**2
+        if k2 == 1:
+            return emb, distilled, logit
+        B = emb.shape[0] // k2
+        w = torch.softmax(logit.view(B, k2) / TILE_POOL_T, dim=1)[..., None]  # (B, k2, 1)
+        distilled = (w * distilled.view(B, k2, -1)).sum(dim=1)
+        emb = (w * emb.view(B, k2, -1)).sum(dim=1)
+        return emb, distilled, self.head(distilled).squeeze(-1)
 
     def stem(self, pixels: torch.Tensor) -> torch.Tensor:
         """What the tower sees. "highpass": the residual of the normalised image after a Gaussian
@@ -127,8 +167,15 @@ class ASAPEncoder(nn.Module):
     def patch_size(self) -> int:
         return int(self.visual.conv1.kernel_size[0])
 
+    def tower_input(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixels (B, 3, k*S, k*S) -> what the tower sees, tile by tile (B*k*k, C, S, S). The
+        stem runs on the whole image, so a tile's border patches have their real neighbours."""
+        return self.to_tiles(self.stem(pixels))
+
     def embed(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Pixels (B, 3, S, S) -> CLIP embedding (B, E)."""
+        """Pixels (B, 3, S, S) -> CLIP embedding (B, E) (a frozen tower's pass: one tile)."""
+        if self.tiles != 1:
+            raise ValueError("embed() reads whole images; a tiled encoder pools in forward()")
         return self.visual(self.stem(pixels))
 
     def heads(self, emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -137,19 +184,19 @@ class ASAPEncoder(nn.Module):
         return distilled, self.head(distilled).squeeze(-1)
 
     def forward(self, pixels: torch.Tensor):
-        emb = self.embed(pixels)  # (B, E)
-        distilled, logit = self.heads(emb)
-        return emb, distilled, logit
+        """Pixels (B, 3, k*S, k*S) -> embedding (B, E), distilled (B, 16), fake logit (B,)."""
+        return self.pool_heads(self.visual(self.tower_input(pixels)))
 
     def forward_with_tokens(self, pixels: torch.Tensor):
-        """forward(), plus the last block's patch tokens after ln_post (B, T-1, width): what the
-        patch-level training loss reads (the same computation as ``visual``, via the adapter)."""
+        """forward(), plus the last block's patch tokens after ln_post (B, k*k*(T-1), width), every
+        tile's: what the patch-level training loss reads (the same computation as ``visual``, via
+        the adapter)."""
         from .explain import adapter as A
 
         x = A.run_blocks(self, A.embed_tokens(self, pixels), A.blocks(self))
-        emb = A.pooled(self, x[:, 0])
-        distilled, logit = self.heads(emb)
-        return emb, distilled, logit, self.visual.ln_post(x[:, 1:])
+        emb, distilled, logit = self.pool_heads(A.pooled(self, x[:, 0]))
+        tokens = self.visual.ln_post(x[:, 1:])
+        return emb, distilled, logit, tokens.reshape(len(pixels), -1, tokens.shape[-1])
 
     def p_fake(self, logit: torch.Tensor) -> torch.Tensor:
         # The temperature lives with the model (maybe on a GPU); the logit may come back on the CPU.
@@ -337,14 +384,23 @@ def save_encoder(model: ASAPEncoder, path: Path, extra: dict | None = None) -> s
     return file_sha256(path)
 
 
+def _config_of(blob: dict) -> EncoderConfig:
+    # checkpoints from before the stem existed saw the plain pixels
+    return EncoderConfig(**{"stem": "none", **blob["config"]})
+
+
+def read_encoder_config(path: str | Path) -> EncoderConfig:
+    """A saved encoder's config, without building the model (the weights are memory-mapped)."""
+    return _config_of(torch.load(path, map_location="cpu", weights_only=False, mmap=True))
+
+
 def load_encoder(path: str | Path, device: str = "cpu") -> ASAPEncoder:
     """Rebuild a saved encoder without any download."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"encoder checkpoint {path} does not exist")
     blob = torch.load(path, map_location="cpu", weights_only=False)
-    # checkpoints from before the stem existed saw the plain pixels
-    cfg = EncoderConfig(**{"stem": "none", **blob["config"]})
+    cfg = _config_of(blob)
     visual, embed_dim, _ = _build_visual(cfg, load_weights=False, cache_dir=None)
     model = ASAPEncoder(visual, embed_dim, cfg, blob["preprocess"])
     model.load_state_dict(blob["state_dict"])

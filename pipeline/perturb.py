@@ -63,9 +63,8 @@ def tokens_and_attention(model: ASAPEncoder, pixels: torch.Tensor):
     x = A.run_blocks(model, A.embed_tokens(model, pixels), blocks[:-1])  # (B, T, D)
     q, k, _ = A.qkv(blocks[-1], x)  # (B, H, T, hd)
     attn = A.attention_probs(q[:, :, :1], k).mean(dim=1)[:, 0, 1:]  # (B, T-1)
-    out = A.run_blocks(model, x, blocks[-1:])  # (B, T, D)
-    gh, gw = A.grid(model)
-    return out[:, 1:], attn.reshape(-1, gh, gw)
+    out = A.run_blocks(model, x, blocks[-1:])  # (B*k*k, T, D)
+    return A.untile(model, out[:, 1:]), A.to_map(model, attn)
 
 
 CURVE_BATCH = 256

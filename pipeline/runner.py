@@ -432,12 +432,15 @@ def run_pipeline(cfg: RunConfig, fresh: bool = False) -> RunPaths:
             t0 = time.perf_counter()
             _say(cfg, "train: fitting the encoder on the train split")
             done("train", stage_train(cfg, paths, images, client), t0)
-        from .encoder import file_sha256
+        from .encoder import file_sha256, read_encoder_config
 
         sha = file_sha256(paths.encoder)
+        used = read_encoder_config(paths.encoder)  # the checkpoint's, which may be --encoder's
         meta["model"] = {
-            "name": cfg.encoder.model_name,
-            "pretrained": cfg.encoder.pretrained,
+            "name": used.model_name,
+            "pretrained": used.pretrained,
+            "stem": used.stem,
+            "tiles": used.tiles,
             "sha256": sha,
         }
         t0 = time.perf_counter()

@@ -45,15 +45,46 @@ def blocks(model) -> list[nn.Module]:
     return list(model.visual.transformer.resblocks)
 
 
-def grid(model) -> tuple[int, int]:
+def tile_grid(model) -> tuple[int, int]:
+    """The tower's patch grid: one tile's."""
     g = model.visual.grid_size
     return (g, g) if isinstance(g, int) else tuple(g)
 
 
+def grid(model) -> tuple[int, int]:
+    """The image's patch grid, the shape of its maps: the tiles' grids side by side."""
+    gh, gw = tile_grid(model)
+    return gh * model.tiles, gw * model.tiles
+
+
+def untile(model, t: torch.Tensor) -> torch.Tensor:
+    """Per-tile patch values (B*k*k, gh*gw, ...) -> the image's (B, k*gh*k*gw, ...), row-major
+    over the image's patch grid."""
+    k = model.tiles
+    if k == 1:
+        return t
+    gh, gw = tile_grid(model)
+    rest = t.shape[2:]
+    t = t.reshape(-1, k, k, gh, gw, *rest).transpose(2, 3)  # (B, ty, y, tx, x, ...)
+    return t.reshape(t.shape[0], k * gh * k * gw, *rest)
+
+
+def to_maps(model, cam: torch.Tensor) -> torch.Tensor:
+    """Patch relevance per target and tile (n, B*k*k, T-1) -> maps (B, n, gh, gw) of the image."""
+    n = cam.shape[0]
+    flat = untile(model, cam.permute(1, 2, 0))  # (B, gh*gw, n)
+    return flat.permute(0, 2, 1).reshape(flat.shape[0], n, *grid(model))
+
+
+def to_map(model, m: torch.Tensor) -> torch.Tensor:
+    """One map per tile (B*k*k, T-1) -> (B, gh, gw) of the image."""
+    return to_maps(model, m[None])[:, 0]
+
+
 def embed_tokens(model, pixels: torch.Tensor) -> torch.Tensor:
-    """Pixels (B, 3, S, S) -> the first block's input tokens (B, T, D), CLS first (after the
-    encoder's stem: what the tower sees)."""
-    return model.visual._embeds(model.stem(pixels))
+    """Pixels (B, 3, k*S, k*S) -> the first block's input tokens (B*k*k, T, D), CLS first, tile
+    by tile (after the encoder's stem: what the tower sees)."""
+    return model.visual._embeds(model.tower_input(pixels))
 
 
 def qkv(block, x: torch.Tensor):
@@ -97,16 +128,19 @@ def run_blocks(model, x: torch.Tensor, blks) -> torch.Tensor:
 
 
 def pooled(model, cls_token: torch.Tensor) -> torch.Tensor:
-    """Final CLS token (B, D) -> CLIP embedding (B, E), as VisionTransformer._pool + proj."""
+    """Final CLS token (B, D) -> CLIP embedding (B, E), as VisionTransformer._pool + proj (per
+    tile)."""
     out = model.visual.ln_post(cls_token)  # LayerNorm acts per token
     return out @ model.visual.proj if model.visual.proj is not None else out
 
 
 def targets(model, emb: torch.Tensor, n: int):
-    """Distilled (B, 16), logit (B,), and the first ``n`` signed targets (B, n) of
-    [logit, d00..d15]: the real map comes from the logit's gradient with its sign flipped."""
-    distilled, logit = model.heads(emb)
-    return distilled, logit, torch.cat([logit[:, None], distilled], dim=1)[:, :n]
+    """Tiles' embeddings (B*k*k, E) -> the image's embedding (B, E), distilled (B, 16), logit
+    (B,), and the first ``n`` signed targets (B, n) of [logit, d00..d15]: the real map comes from
+    the logit's gradient with its sign flipped. Gradients of the targets reach every tile through
+    the pooling, so a tile's maps are scaled by how much it counts in the image's score."""
+    emb, distilled, logit = model.pool_heads(emb)
+    return emb, distilled, logit, torch.cat([logit[:, None], distilled], dim=1)[:, :n]
 
 
 def grads(tgt: torch.Tensor, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -131,8 +165,7 @@ def attention_gradients(model, pixels: torch.Tensor, n_targets: int):
         for blk in blocks(model):
             x, p = block_forward(blk, x)
             probs.append(p)
-        emb = pooled(model, x[:, 0])
-        distilled, logit, tgt = targets(model, emb, n_targets)
+        emb, distilled, logit, tgt = targets(model, pooled(model, x[:, 0]), n_targets)
         gs = grads(tgt, probs)
     detached = (t.detach() for t in (emb, distilled, logit))
     return (*detached, [p.detach() for p in probs], gs)

@@ -12,8 +12,7 @@ from . import adapter as A
 
 
 def _outputs(model, emb: torch.Tensor):
-    distilled, logit = model.heads(emb)
-    return emb, distilled, logit
+    return model.pool_heads(emb)
 
 
 @register("attention", cost="1 forward", passes=1.0, class_specific=False,
@@ -25,8 +24,7 @@ def attention(model, pixels: torch.Tensor, n_maps: int) -> Explanation:
     q, k, v = A.qkv(blks[-1], x)
     probs = A.attention_probs(q[:, :, :1], k)  # (B, H, 1, T)
     cls = A.finish_block(blks[-1], x, probs, v, slice(0, 1))[:, 0]
-    gh, gw = A.grid(model)
-    attn = probs.mean(dim=1)[:, 0, 1:].reshape(len(pixels), gh, gw)
+    attn = A.to_map(model, probs.mean(dim=1)[:, 0, 1:])
     maps = attn[:, None].expand(-1, n_maps, -1, -1).contiguous()
     return Explanation(*_outputs(model, A.pooled(model, cls)), maps, attn)
 
@@ -42,7 +40,6 @@ def rollout(model, pixels: torch.Tensor, n_maps: int) -> Explanation:
         x, p = A.block_forward(blk, x)
         a = 0.5 * p.mean(dim=1) + 0.5 * torch.eye(T, device=x.device)  # (B, T, T)
         R = (a / a.sum(dim=-1, keepdim=True)) @ R
-    gh, gw = A.grid(model)
-    m = R[:, 0, 1:].reshape(B, gh, gw)
+    m = A.to_map(model, R[:, 0, 1:])
     maps = m[:, None].expand(-1, n_maps, -1, -1).contiguous()
     return Explanation(*_outputs(model, A.pooled(model, x[:, 0])), maps)

@@ -28,14 +28,12 @@ def chefer_last(model, pixels: torch.Tensor, n_maps: int) -> Explanation:
     probs.requires_grad_(True)
     with torch.enable_grad():
         cls = A.finish_block(blks[-1], x, probs, v, slice(0, 1))[:, 0]  # (B, D)
-        emb = A.pooled(model, cls)
-        distilled, logit, tgt = A.targets(model, emb, n_maps - 1)
+        emb, distilled, logit, tgt = A.targets(model, A.pooled(model, cls), n_maps - 1)
         (g,) = A.grads(tgt, [probs])  # (J, B, H, 1, T)
     p = probs.detach()
     cam = (A.signed(g) * p).clamp(min=0).mean(dim=2)[:, :, 0, 1:]  # (n_maps, B, T-1)
-    gh, gw = A.grid(model)
-    maps = cam.permute(1, 0, 2).reshape(len(pixels), n_maps, gh, gw)
-    attn = p.mean(dim=1)[:, 0, 1:].reshape(len(pixels), gh, gw)  # plain attention, for free
+    maps = A.to_maps(model, cam)
+    attn = A.to_map(model, p.mean(dim=1)[:, 0, 1:])  # plain attention, for free
     return Explanation(emb.detach(), distilled.detach(), logit.detach(), maps, attn)
 
 
@@ -43,11 +41,10 @@ def chefer_last(model, pixels: torch.Tensor, n_maps: int) -> Explanation:
           reference="Chefer et al. 2021, all blocks")  # fmt: skip
 def chefer_all(model, pixels: torch.Tensor, n_maps: int) -> Explanation:
     emb, distilled, logit, probs, gs = A.attention_gradients(model, pixels, n_maps - 1)
-    B, T = len(pixels), probs[0].shape[-1]
+    B, T = probs[0].shape[0], probs[0].shape[-1]  # B: tiles of all images
     R = torch.eye(T, device=pixels.device).expand(n_maps, B, T, T).clone()
     for g, p in zip(gs, probs):
         abar = (A.signed(g) * p.detach()).clamp(min=0).mean(dim=2)  # (n_maps, B, T, T)
         R = R + abar @ R
-    gh, gw = A.grid(model)
-    maps = R[:, :, 0, 1:].permute(1, 0, 2).reshape(B, n_maps, gh, gw)
+    maps = A.to_maps(model, R[:, :, 0, 1:])
     return Explanation(emb, distilled, logit, maps)

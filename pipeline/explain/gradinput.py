@@ -19,10 +19,8 @@ def gradinput(model, pixels: torch.Tensor, n_maps: int) -> Explanation:
     x0.requires_grad_(True)
     with torch.enable_grad():
         x = A.run_blocks(model, x0, A.blocks(model))
-        emb = A.pooled(model, x[:, 0])
-        distilled, logit, tgt = A.targets(model, emb, n_maps - 1)
+        emb, distilled, logit, tgt = A.targets(model, A.pooled(model, x[:, 0]), n_maps - 1)
         (g,) = A.grads(tgt, [x0])  # (J, B, T, D)
     contrib = (A.signed(g) * x0.detach()).sum(dim=-1).clamp(min=0)[..., 1:]  # (n_maps, B, T-1)
-    gh, gw = A.grid(model)
-    maps = contrib.permute(1, 0, 2).reshape(len(pixels), n_maps, gh, gw)
+    maps = A.to_maps(model, contrib)
     return Explanation(emb.detach(), distilled.detach(), logit.detach(), maps)

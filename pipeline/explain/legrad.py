@@ -18,13 +18,12 @@ from . import Explanation, register
 from . import adapter as A
 
 
-def _reduce(gs: list[torch.Tensor], model, B: int, n_maps: int) -> torch.Tensor:
+def _reduce(gs: list[torch.Tensor], model) -> torch.Tensor:
     """Per-block gradients (J, B, H, T, T) -> mean over blocks of mean_{heads, rows}(grad^+)."""
     acc = 0
     for g in gs:
         acc = acc + A.signed(g).clamp(min=0).mean(dim=(2, 3))[..., 1:]  # (n_maps, B, T-1)
-    gh, gw = A.grid(model)
-    return (acc / len(gs)).permute(1, 0, 2).reshape(B, n_maps, gh, gw)
+    return A.to_maps(model, acc / len(gs))
 
 
 @register("legrad", cost="1 forward with explicit attention + 1 backward (each block alone)",
@@ -37,16 +36,15 @@ def legrad(model, pixels: torch.Tensor, n_maps: int) -> Explanation:
         for blk in A.blocks(model):
             x, p = A.block_forward(blk, x.detach().requires_grad_(True))
             probs.append(p)
-            emb = A.pooled(model, x[:, 0])
-            distilled, logit, tgt = A.targets(model, emb, n_maps - 1)
+            emb, distilled, logit, tgt = A.targets(model, A.pooled(model, x[:, 0]), n_maps - 1)
             scores = scores + tgt  # block l's score reaches only block l's attention
         gs = A.grads(scores, probs)
     return Explanation(emb.detach(), distilled.detach(), logit.detach(),
-                       _reduce(gs, model, len(pixels), n_maps))  # fmt: skip
+                       _reduce(gs, model))  # fmt: skip
 
 
 @register("attngrad", cost=A.ALL_BLOCKS_COST, passes=2.0, class_specific=True,
           reference="issue 9 bake-off, LeGrad-style")  # fmt: skip
 def attngrad(model, pixels: torch.Tensor, n_maps: int) -> Explanation:
     emb, distilled, logit, _, gs = A.attention_gradients(model, pixels, n_maps - 1)
-    return Explanation(emb, distilled, logit, _reduce(gs, model, len(pixels), n_maps))
+    return Explanation(emb, distilled, logit, _reduce(gs, model))

@@ -86,7 +86,7 @@ def test_last_block_path_equals_generic_chefer_rule(model):
         h = A.run_blocks(model, A.embed_tokens(model, x), A.blocks(model)[:-1])
     h.requires_grad_(True)
     out, probs = A.block_forward(A.blocks(model)[-1], h)  # full T x T attention
-    _, _, tgt = A.targets(model, A.pooled(model, out[:, 0]), N_MAPS - 1)
+    *_, tgt = A.targets(model, A.pooled(model, out[:, 0]), N_MAPS - 1)
     (g,) = A.grads(tgt, [probs])  # (17, B, H, T, T)
     rows = (A.signed(g) * probs).clamp(min=0).mean(2)  # (18, B, T, T)
     assert rows[:, :, 1:].abs().max() == 0, "only the CLS row of the last block gets gradient"
@@ -109,7 +109,7 @@ def test_legrad_fake_minus_real_is_the_mean_gradient(model):
         hin = h.detach().requires_grad_(True)
         with torch.enable_grad():
             h, p = A.block_forward(blk, hin)
-            _, logit, _ = A.targets(model, A.pooled(model, h[:, 0]), 1)
+            _, _, logit, _ = A.targets(model, A.pooled(model, h[:, 0]), 1)
             (g,) = torch.autograd.grad(logit.sum(), [p])
         total = total + g.mean(dim=(1, 2))[:, 1:]  # (B, T-1)
     want = (total / len(A.blocks(model))).reshape(2, 8, 8)
@@ -201,3 +201,74 @@ def test_golden_model_points_at_unseen_planted_artifacts(planted):
     assert hits[DEFAULT_METHOD] >= POINTING, hits
     assert hits[DEFAULT_METHOD] > 2 * chance, (hits, chance)
     assert hits[DEFAULT_METHOD] > max(hits["chefer_last"], hits["attention"]), hits
+
+
+@pytest.fixture(scope="module")
+def tiled():
+    """A 2 x 2 tiled encoder and the same weights untiled, both seeing plain pixels (stem "none",
+    so that a tile alone gives the tower exactly what the tiled model gives it)."""
+    torch.manual_seed(1)
+    two = create_encoder(EncoderConfig(model_name=TINY, stem="none", tiles=2)).eval()
+    one = create_encoder(EncoderConfig(model_name=TINY, stem="none")).eval()
+    one.load_state_dict(two.state_dict())
+    return two.requires_grad_(False), one.requires_grad_(False)
+
+
+def test_tiles_cut_and_stitch_by_position(tiled):
+    """Pixel (y, x) lands in tile (y // S, x // S) at (y % S, x % S), and a tile's patch values
+    land back at their place in the image's map: the maps overlay the image they explain."""
+    model, _ = tiled
+    S, k, (g, _) = model.tower_size, model.tiles, A.tile_grid(model)
+    yy, xx = torch.meshgrid(torch.arange(k * S), torch.arange(k * S), indexing="ij")
+    x = (yy * 1000 + xx).float()[None, None].expand(2, 3, -1, -1)
+    tiles = model.to_tiles(x)
+    assert tiles.shape == (2 * k * k, 3, S, S)
+    for t in range(k * k):
+        ty, tx = divmod(t, k)
+        want = x[1, 1, ty * S : (ty + 1) * S, tx * S : (tx + 1) * S]
+        assert torch.equal(tiles[k * k + t, 1], want)
+    code = torch.arange(2 * k * k)[:, None] * 1000 + torch.arange(g * g)[None]  # tile, patch
+    m = A.to_map(model, code.float())
+    assert m.shape == (2, k * g, k * g) and A.grid(model) == (k * g, k * g)
+    for b, Y, X in ((0, 0, 0), (0, 3, 12), (1, 9, 2), (1, 15, 15)):
+        tile, patch = divmod(int(m[b, Y, X]), 1000)
+        assert tile == b * k * k + (Y // g) * k + X // g and patch == (Y % g) * g + X % g
+
+
+def test_tiled_score_is_a_smooth_maximum_of_the_tiles(tiled):
+    """The image's logit pools its tiles' own logits (each tile scored alone by the same weights):
+    the softmax-weighted mean, between their minimum and maximum, and the distilled dimensions
+    pool the same way, so the head on them gives the image's logit."""
+    from pipeline.encoder import TILE_POOL_T
+
+    two, one = tiled
+    x = torch.randn(3, 3, two.image_size, two.image_size)
+    emb, distilled, logit = two(x)
+    _, d_t, z_t = one(two.to_tiles(x))
+    z_t, d_t = z_t.view(3, 4), d_t.view(3, 4, -1)
+    w = torch.softmax(z_t / TILE_POOL_T, dim=1)
+    assert close(logit, (w * z_t).sum(1)) and close(distilled, (w[..., None] * d_t).sum(1))
+    assert (logit <= z_t.max(1).values + 1e-5).all() and (logit >= z_t.min(1).values - 1e-5).all()
+    assert close(two.head(distilled).squeeze(-1), logit)
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_every_method_explains_a_tiled_model(tiled, name):
+    """Maps of the image's whole patch grid (tiles side by side), agreeing with the model's
+    pooled outputs; the fake/real maps do not depend on how many maps are asked for."""
+    model, _ = tiled
+    x = torch.randn(2, 3, model.image_size, model.image_size)
+    n_maps = 2 if name == "occlusion" else N_MAPS
+    ex = METHODS[name].fn(model, x, n_maps)
+    assert ex.maps.shape == (2, n_maps, 16, 16)
+    assert torch.isfinite(ex.maps).all() and (ex.maps >= 0).all() and ex.maps.sum() > 0
+    emb, distilled, logit = model(x)
+    assert close(ex.logit, logit) and close(ex.distilled, distilled) and close(ex.emb, emb)
+    assert close(METHODS[name].fn(model, x, 2).maps, ex.maps[:, :2])
+
+
+def test_tiles_need_a_tower_trained_from_scratch():
+    with pytest.raises(ValueError, match="tiles must be an integer from 1"):
+        EncoderConfig(tiles=0)
+    with pytest.raises(ValueError, match="trained from scratch"):
+        EncoderConfig(model_name="ViT-B-32", pretrained="openai", tiles=2)

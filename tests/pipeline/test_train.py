@@ -138,24 +138,56 @@ def test_train_limit_caps_the_images_trained_on(tmp_path):
         TrainConfig(train_limit=1)
 
 
-def test_forward_with_tokens_is_the_forward_pass():
+@pytest.mark.parametrize("tiles", [1, 2])
+def test_forward_with_tokens_is_the_forward_pass(tiles):
     """The patch loss reads the tokens through the adapter: the same numbers as open_clip's
-    forward, and one token per patch."""
+    forward, and one token per patch of every tile."""
     import torch
 
     from pipeline.config import EncoderConfig
     from pipeline.encoder import create_encoder
 
     torch.manual_seed(0)
-    model = create_encoder(EncoderConfig(model_name="asap-micro-vit-64")).eval()
-    x = torch.randn(3, 3, 64, 64)
+    model = create_encoder(EncoderConfig(model_name="asap-micro-vit-64", tiles=tiles)).eval()
+    x = torch.randn(3, 3, 64 * tiles, 64 * tiles)
     with torch.no_grad():
         emb, dist, logit = model(x)
         emb2, dist2, logit2, tokens = model.forward_with_tokens(x)
     torch.testing.assert_close(emb2, emb, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(logit2, logit, rtol=1e-4, atol=1e-5)
     gh, gw = model.visual.grid_size
-    assert tokens.shape == (3, gh * gw, model.visual.transformer.width)
+    assert tokens.shape == (3, tiles * tiles * gh * gw, model.visual.transformer.width)
+
+
+def test_tiled_encoder_trains_saves_and_loads(tmp_path, capsys):
+    """A 2 x 2 tiled encoder trains on 128 px images (the loaders read them at native size) and
+    keeps its tiles through save and load; the CLI refuses a tile count out of range."""
+    import torch
+
+    from pipeline import ingest
+    from pipeline.cli import main
+    from pipeline.config import EncoderConfig
+    from pipeline.encoder import create_encoder, load_encoder, save_encoder
+    from pipeline.synthetic import make_planted_dataset
+    from pipeline.train import train_encoder
+
+    make_planted_dataset(tmp_path / "set", 24, 24, seed=6, size=128)
+    images = ingest.finalize(
+        ingest.inspect_candidates(ingest.discover(tmp_path / "set"), 10**8, 8)[0]
+    )
+    torch.manual_seed(0)
+    model = create_encoder(EncoderConfig(model_name="asap-micro-vit-64", tiles=2))
+    assert model.image_size == 128 and model.tower_size == 64
+    info = train_encoder(model, images, TrainConfig(epochs=1))
+    assert info["epochs_run"] == 1 and np.isfinite(info["history"][0]["train_loss"])
+    save_encoder(model, tmp_path / "enc.pt")
+    back = load_encoder(tmp_path / "enc.pt")
+    assert back.tiles == 2 and back.image_size == 128
+    x = torch.randn(2, 3, 128, 128)
+    with torch.no_grad():
+        torch.testing.assert_close(back(x)[2], model.eval()(x)[2])
+    assert main(["run", "nowhere", "--out", "nowhere-run", "--tiles", "9"]) == 2
+    assert "tiles must be an integer from 1 to 8" in capsys.readouterr().err
 
 
 def test_patch_loss_is_a_training_scaffold(tmp_path, capsys):
