@@ -129,7 +129,7 @@ class ASAPEncoder(nn.Module):
             return x
         B, C, H, W = x.shape
         s = H // k
-        return x.view(B, C, k, s, k, s).permute(0, 2, 4, 1, 3, 5).reshape(B * k * k, C, s, s)
+        return x.reshape(B, C, k, s, k, s).permute(0, 2, 4, 1, 3, 5).reshape(B * k * k, C, s, s)
 
     def pool_heads(self, emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Tiles' CLIP embeddings (B*k*k, E) -> the image's embedding (B, E), distilled (B, 16)
