@@ -133,16 +133,16 @@ def measure(run_dir: str, repeats: int) -> dict:
     app = App(run_dir, sync_url=False)
     ov = app.overview
     size = (900, 600)
-    ov.points_layer(None, None, *size, 1, 0, "label")
-    ov.selection_layer(None, None, *size, 1, 0, 0, None)
-    ov.glyph_layer(None, None, *size, 1, 0, True, 12)
+    ov.points_layer(None, None, *size, "label")
+    ov.selection_layer(None, None, *size, None)
+    ov.glyph_layer(None, None, *size, 12)
     first = (time.perf_counter() - t0) * 1000
     t0 = time.perf_counter()  # a second browser session on the same, now warm, server
-    App(run_dir, sync_url=False).overview.points_layer(None, None, *size, 1, 0, "label")
+    App(run_dir, sync_url=False).overview.points_layer(None, None, *size, "label")
     session = (time.perf_counter() - t0) * 1000
     zoom_x, zoom_y = (-8.0, 8.0), (-6.0, 6.0)
-    agg = median_ms(lambda: ov.points_layer(zoom_x, zoom_y, *size, 1, 1, "label"), repeats)
-    glyphs = median_ms(lambda: ov.glyph_layer(zoom_x, zoom_y, *size, 1, 1, True, 12), repeats)
+    agg = median_ms(lambda: ov.points_layer(zoom_x, zoom_y, *size, "label"), repeats)
+    glyphs = median_ms(lambda: ov.glyph_layer(zoom_x, zoom_y, *size, 12), repeats)
     pts = app.store.points
     box = box_for(pts, 1_000_000)
     select = median_ms(lambda: app.store.select_box(box[0], box[2], box[1], box[3]), repeats)

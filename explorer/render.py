@@ -82,9 +82,13 @@ class ImageSource:
         return _thumbnail(self.path(image_id), size)
 
 
+def _nbytes(value) -> int:
+    return value.nbytes if isinstance(value, np.ndarray) else len(value)
+
+
 class ByteBoundedCache:
-    """A least-recently-used cache of numpy arrays bounded by their total bytes (a thumbnail
-    cache bounded by entries grows with the thumbnails' size). Thread-safe."""
+    """A least-recently-used cache of numpy arrays or strings bounded by their total bytes (a
+    thumbnail cache bounded by entries grows with the thumbnails' size). Thread-safe."""
 
     def __init__(self, max_bytes: int):
         import threading
@@ -101,15 +105,15 @@ class ByteBoundedCache:
                 self._items.move_to_end(key)
             return value
 
-    def put(self, key, value: np.ndarray) -> None:
+    def put(self, key, value) -> None:
         with self._lock:
-            if key in self._items or value.nbytes > self.max_bytes:
+            if key in self._items or _nbytes(value) > self.max_bytes:
                 return
             self._items[key] = value
-            self.bytes += value.nbytes
+            self.bytes += _nbytes(value)
             while self.bytes > self.max_bytes:
                 _, old = self._items.popitem(last=False)
-                self.bytes -= old.nbytes
+                self.bytes -= _nbytes(old)
 
     def __len__(self) -> int:
         return len(self._items)

@@ -21,10 +21,29 @@ from pipeline.schema import DISTILLED_COLUMNS, LABEL_NAMES, MAP_NAMES
 from . import patterns as pat
 from .datastore import SHARED_SCALE_QUANTILE, DataStore
 from .patterns import ATTENTION_METHOD, DIMENSION_MAPS_METHOD, Difference, MethodFaithfulness
-from .render import ImageAccessError, colour_bar, heat_rgba, histogram_grid, overlay, to_png
+from .render import (
+    ByteBoundedCache,
+    ImageAccessError,
+    colour_bar,
+    heat_rgba,
+    histogram_grid,
+    overlay,
+    to_png,
+)
 from .store import export_manifest
 
 SELECTION_DEPS = ("selection_version", "filter_version")
+
+
+def later(fn) -> None:
+    """Run ``fn`` on the server's next tick, after the page has been sent what the current event
+    changed (the overview's frame first: issue 11, a box selection's frame waited for 24 image
+    cards); at once outside a served page (a notebook, a test)."""
+    doc = pn.state.curdoc
+    if doc is not None and doc.session_context is not None:
+        doc.add_next_tick_callback(fn)
+    else:
+        fn()
 
 
 class TabView(pn.viewable.Viewer):
@@ -42,15 +61,20 @@ class TabView(pn.viewable.Viewer):
 
     def __init__(self, store: DataStore, **params):
         super().__init__(store=store, **params)
-        self._stale = False
+        self._stale = self._pending = False
         store.param.watch(self._store_changed, list(self.STORE_DEPS))
         self.param.watch(self._shown_changed, "shown")
 
     def _store_changed(self, *_):
-        if self.shown:
-            self.version += 1
-        else:
+        if not self.shown:
             self._stale = True
+        elif not self._pending:  # several changes in one event: one recompute
+            self._pending = True
+            later(self._bump)
+
+    def _bump(self) -> None:
+        self._pending = False
+        self.version += 1
 
     def _shown_changed(self, event):
         if event.new and self._stale:
@@ -61,7 +85,25 @@ class TabView(pn.viewable.Viewer):
 def image_card(store: DataStore, row: int, channel: int, size: int = 128,
                vmax: float | None = None) -> str:  # fmt: skip
     """One image with its relevance overlay and a caption, as an HTML figure (the image inline
-    as a PNG data URL; the page never names a file)."""
+    as a PNG data URL; the page never names a file). Cards are shared by every session of the
+    process (most sessions open on the same images)."""
+    p = store.points
+    img_id = int(p.id[row])
+    method = store.map_method if channel == 0 else None
+    key = (store.run_dir, img_id, channel, method, size, vmax, store.opacity, store.cmap)
+    card = _CARDS.get(key)
+    if card is None:
+        card = _image_card(store, row, channel, size, vmax)
+        if "asap-unavailable" not in card:  # a file that could not be read may come back
+            _CARDS.put(key, card)
+    return card
+
+
+CARD_CACHE_BYTES = 64 * 2**20  # image cards (PNG data URLs) of every session together
+_CARDS = ByteBoundedCache(CARD_CACHE_BYTES)
+
+
+def _image_card(store: DataStore, row: int, channel: int, size: int, vmax: float | None) -> str:
     p = store.points
     img_id = int(p.id[row])
     try:

@@ -101,10 +101,10 @@ def test_datastore_filters_selection_and_views(small_run, tmp_path):
     s.clear_selection()
     s.color_by = "p_fake"
     assert "color_by=p_fake" in app.share_url() and "score_range" in app.share_url()
-    layer = app.overview.points_layer(None, None, 300, 200, 1, 0, "p_fake")
-    assert np.asarray(layer.data)[..., 3].max() > 0  # points were drawn
-    g = app.overview.glyph_layer(None, None, 300, 200, 1, 0, True, 3)
-    assert np.asarray(g.data)[..., 3].max() > 0
+    layer = app.overview.points_layer(None, None, 300, 200, "p_fake")
+    assert layer.shape == (200, 300, 4) and layer[..., 3].max() > 0  # points were drawn
+    g = app.overview.glyph_layer(None, None, 300, 200, 3)
+    assert g.shape == (200, 300, 4) and g[..., 3].max() > 0
     data = app.export.payload().getvalue()
     assert len(pd.read_csv(pd.io.common.BytesIO(data))) == n
 
@@ -141,10 +141,10 @@ def test_shared_heat_scale_colour_bar_dimmed_selection_and_glyph_key(small_run):
     own = np.abs(heat_of(image_card(s, weakest, 0, 128, None)) - bare).mean()
     assert shared < own  # on the shared scale a weak map is drawn faint, not as a hot spot
 
-    before = app.overview.selection_layer(None, None, 300, 200, 1, 0, 0, None)
-    assert np.asarray(before.data)[..., 3].max() == 0  # nothing selected: nothing drawn
+    before = app.overview.selection_layer(None, None, 300, 200, None)
+    assert before[..., 3].max() == 0  # nothing selected: nothing drawn
     s.select_nearest(float(s.points.x[5]), float(s.points.y[5]))
-    after = np.asarray(app.overview.selection_layer(None, None, 300, 200, 1, 1, 0, None).data)
+    after = app.overview.selection_layer(None, None, 300, 200, None)
     veiled = (after[..., 3] == 170).mean()
     assert veiled > 0.95 and (after[..., 3] == 255).any()  # the rest dimmed, the image on top
     # an image clicked in a gallery is ringed in the overview, wherever the selection is
@@ -155,8 +155,7 @@ def test_shared_heat_scale_colour_bar_dimmed_selection_and_glyph_key(small_run):
     assert isinstance(cards, Gallery) and "data-id='5'" in cards.html
     cards.param.update(clicked=int(s.points.id[7]), clicks=cards.clicks + 1)  # as the page does
     assert s.located == int(s.points.id[7])
-    ringed = np.asarray(app.overview.selection_layer(None, None, 300, 200, 1, 1, 0, None,
-                                                     s.located).data)  # fmt: skip
+    ringed = app.overview.selection_layer(None, None, 300, 200, None, s.located)
     ring = np.all(ringed == LOCATED_RING, axis=-1)
     ys, xs = np.nonzero(ring)
     assert 20 < ring.sum() < 400 and np.ptp(xs) <= 20 and np.ptp(ys) <= 20  # one ring, 19 px
@@ -391,3 +390,114 @@ def test_thumbnail_cache_is_bounded_in_bytes():
     assert cache.bytes == 3 * 2_700 <= cache.max_bytes and len(cache) == 3
     cache.put(9, np.zeros(20_000, np.uint8))  # larger than the whole cache: not kept
     assert cache.get(9) is None and cache.bytes == 8_100
+
+
+def test_overview_shading_and_compositing_match_references():
+    """The overview's own shading (issue 11: tf.shade took 90 ms a frame) gives datashader's
+    colours and eq_hist opacities within one level, on dense and sparse points; compositing
+    equals the straight-alpha "over" operator."""
+    import datashader as ds
+    import datashader.transfer_functions as tf
+
+    from explorer.overview import P_FAKE_COLORS, composite, shade_categories, shade_mean
+
+    rng = np.random.default_rng(0)
+    for n in (300, 200_000):
+        df = pd.DataFrame({"x": rng.normal(size=n), "y": rng.normal(size=n), "v": rng.random(n),
+                           "c": pd.Categorical(rng.choice(["a", "b", "c"], n))})  # fmt: skip
+        cvs = ds.Canvas(240, 160, (-3, 3), (-3, 3))
+        agg = cvs.points(df, "x", "y", ds.count_cat("c"))
+        key = {"a": "#ff0000", "b": "#00aa00", "c": "#2040ff"}
+        ours = shade_categories(agg, [key[c] for c in agg.coords["c"].values])
+        ref = tf.shade(agg, color_key=key, how="eq_hist", min_alpha=60)
+        a, b = (np.asarray(i.data).view(np.uint8).reshape(160, 240, 4).astype(int)
+                for i in (ours, ref))  # fmt: skip
+        drawn = b[..., 3] > 0
+        assert np.array_equal(a[..., 3] > 0, drawn) and drawn.sum() > 100
+        assert np.abs(a - b)[drawn].max() <= 1
+        agg = cvs.points(df, "x", "y", ds.mean("v"))
+        ours, ref = shade_mean(agg, P_FAKE_COLORS), tf.shade(agg, cmap=P_FAKE_COLORS,
+                                                             span=(0, 1), how="linear")  # fmt: skip
+        a, b = (np.asarray(i.data).view(np.uint8).reshape(160, 240, 4).astype(int)
+                for i in (ours, ref))  # fmt: skip
+        assert np.array_equal(a[..., 3] > 0, b[..., 3] > 0)
+        assert np.abs(a - b)[b[..., 3] > 0].max() <= 1
+    layers = [rng.integers(0, 256, (30, 40, 4), dtype=np.uint8) for _ in range(3)]
+    layers[1][..., 3] = 0  # nothing drawn
+    layers[2][5:, :, 3] = 0  # a few pixels drawn
+    out = np.full((30, 40, 3), 255.0)
+    for layer in layers:
+        alpha = layer[..., 3:4] / 255
+        out = layer[..., :3] * alpha + out * (1 - alpha)
+    got = composite(layers)
+    # each layer rounds to whole levels once: at most half a level per layer drawn
+    assert (got[..., 3] == 255).all() and np.abs(got[..., :3] - out).max() <= 0.5 * 3
+
+
+def test_overview_figure_follows_the_page(small_run):
+    """The overview is one Bokeh figure per session: the page's size, zoom and pan, box, lasso
+    and tap reach the DataStore, and every change draws one frame at the size shown. An image
+    located outside the viewport pans the overview to it."""
+    from bokeh.events import RangesUpdate, SelectionGeometry
+
+    from explorer.app import App, load_extensions
+    from explorer.store import box_select, lasso_select
+
+    load_extensions()
+    app = App(str(small_run), sync_url=False)
+    s, ov = app.store, app.overview
+    fig = ov.figure()
+    image = fig.renderers[0].data_source
+    assert image.data["image"][0].shape == (600, 900)  # before the page reports its size
+    frames = ov.frames
+    fig.tags = [320, 240]  # what the page reports (SIZE_JS)
+    assert image.data["image"][0].shape == (240, 320) and ov.frames == frames + 1
+    p = s.points
+    x0, x1 = float(np.percentile(p.x, 20)), float(np.percentile(p.x, 70))
+    y0, y1 = float(p.y.min()), float(np.percentile(p.y, 60))
+    fig._trigger_event(RangesUpdate(fig, x0=x0, x1=x1, y0=y0, y1=y1))  # a zoom
+    assert s.x_range == (x0, x1) and s.y_range == (y0, y1)
+    assert image.data["x"] == [x0] and image.data["dw"] == [pytest.approx(x1 - x0)]
+    assert ov.frames == frames + 2
+    fig._trigger_event(SelectionGeometry(fig, final=False, geometry={"type": "rect", "x0": x0,
+                       "x1": x1, "y0": y0, "y1": y1}))  # fmt: skip
+    assert s.selection_kind == "none"  # only the final geometry selects
+    fig._trigger_event(SelectionGeometry(fig, final=True, geometry={"type": "rect", "x0": x0,
+                       "x1": x1, "y0": y0, "y1": y1}))  # fmt: skip
+    assert s.selection_kind == "box"
+    assert np.array_equal(np.sort(s.selected), np.sort(box_select(p, x0, x1, y0, y1, s.mask)))
+    poly = np.array([[x0, y0], [x1, y0], [x0, y1]])
+    fig._trigger_event(SelectionGeometry(fig, final=True, geometry={"type": "poly",
+                       "x": list(poly[:, 0]), "y": list(poly[:, 1])}))  # fmt: skip
+    assert s.selection_kind == "lasso"
+    assert np.array_equal(np.sort(s.selected), np.sort(lasso_select(p, poly, s.mask)))
+    fig._trigger_event(SelectionGeometry(fig, final=True, geometry={"type": "point",
+                       "x": float(p.x[7]), "y": float(p.y[7])}))  # fmt: skip
+    assert s.selection_kind == "tap" and list(s.selected) == [7]
+    frame = image.data["image"][0].copy()
+    s.labels = ["fake"]  # a filter: a new frame
+    assert not np.array_equal(image.data["image"][0], frame)
+    s.labels = ["real", "fake"]
+    outside = int(np.argmax(p.x))  # right of the zoomed viewport
+    assert p.x[outside] > x1
+    s.locate(int(p.id[outside]))
+    lo, hi = fig.x_range.start, fig.x_range.end
+    assert lo <= p.x[outside] <= hi and hi - lo == pytest.approx(x1 - x0)
+    assert s.x_range == pytest.approx((lo, hi))
+
+
+def test_sessions_share_layers_and_cards(small_run):
+    """A second session on the same view reuses the first one's overview layers and image
+    cards (issue 11: most sessions open on the same view), and its own changes do not leak."""
+    from explorer.app import App, load_extensions
+
+    load_extensions()
+    a, b = App(str(small_run), sync_url=False), App(str(small_run), sync_url=False)
+    fa, fb = a.overview.frame(), b.overview.frame()
+    assert np.array_equal(fa, fb)
+    assert a.overview._layers["points"][1] is b.overview._layers["points"][1]
+    assert not a.overview._layers["points"][1].flags.writeable  # shared: read-only
+    assert a.images.cards().html == b.images.cards().html
+    b.store.color_by = "p_fake"
+    assert not np.array_equal(b.overview.frame(), fa)
+    assert np.array_equal(a.overview.frame(), fa)
