@@ -5,9 +5,12 @@ How a time is taken. A script injected into the page (``WATCH_JS``) samples, eve
 pixels of every canvas inside the overview's rectangle (scaled to 300 x 200 and hashed) and the
 sources of the images in the side views. For an action, Python marks the page's clock, performs the
 action with Playwright's mouse and keyboard, and waits until the overview has been still for
-``--quiet`` ms; the figure is the page-clock time of the *last* change (``settled``: the new
-Datashader frame drawn, not Bokeh's instant client-side stretch of the old one; the first change is
-printed too). Image views count when their images' sources changed. Tabs count when the tab's
+``--quiet`` ms. Times count from the end of the action's input: the page records its last
+mouse-up or wheel event (a drag is timed from the release of the button, not from its start; a
+click from its release; a first change during a drag counts as negative). The figure is the
+page-clock time of the *last* change (``settled``: the new Datashader frame drawn, not Bokeh's
+instant client-side stretch of the old one; the first change is printed too). Image views count
+when their images' sources changed. Tabs count when the tab's
 content is visible. Page load is navigation start to the first overview with drawn points (at
 least ``MIN_COLOURS`` distinct colours in the sample; the empty frame has a handful).
 
@@ -191,9 +194,15 @@ WATCH_JS = r"""
   };
   // textRe: a pattern a changed summary should come to match; textAt: when the sampler saw it
   A.textRe = null; A.textAt = null; A.textStart = '';
+  // the end of the action's input: its last mouse-up or wheel event
+  A.input = null;
+  for (const type of ['mouseup', 'wheel'])
+    window.addEventListener(type, () => { if (A.mark !== null) A.input = performance.now(); },
+                            {capture: true, passive: true});
   A.start = (re = null) => { A.mark = performance.now(); A.first = null; A.last = null;
                              A.changes = 0; A.imgsChanged = null; A.textRe = re; A.textAt = null;
-                             A.textStart = re === null ? '' : A.summary(); return A.mark; };
+                             A.textStart = re === null ? '' : A.summary(); A.input = null;
+                             return A.mark; };
   setTimeout(A.tick, 25);
 })();
 """.replace("MIN_COLOURS", str(MIN_COLOURS))
@@ -286,6 +295,7 @@ class Timer:
         self.settle()
         t0 = self.page.evaluate("(re) => __asap.start(re)", wait_text)
         action()
+        t0 = self.page.evaluate("() => __asap.input") or t0  # the input's end (see the top)
         out = {"first": math.inf, "settled": math.inf}
         out.update({"images": math.inf} if wait_images else {})
         out.update({"text": math.inf} if wait_text else {})

@@ -75,6 +75,19 @@ def thumbnail_handler(run_dir: str, image_roots: tuple[str, ...]):
     return Thumbnail
 
 
+def warm_up(run_dir: str, image_roots: tuple[str, ...] = ()) -> None:
+    """Load the run into the process (shared by every session) and compile Datashader's kernels
+    for every colouring, before the first page: about 3 s that the first user's first frame
+    and first colour change used to wait for (issue 11)."""
+    from .app import App, load_extensions
+    from .datastore import COLOR_BY
+
+    load_extensions()
+    overview = App(run_dir, image_roots, sync_url=False).overview
+    for color_by in COLOR_BY:
+        overview.points_layer(None, None, 64, 64, color_by)
+
+
 def serve(run_dir: str, port: int = 5006, address: str | None = None, show: bool = False,
           image_roots: tuple[str, ...] = (), origins: tuple[str, ...] = ()):  # fmt: skip
     """Blocks until interrupted. Raises RunDirectoryError before serving if the run is unusable."""
@@ -83,6 +96,7 @@ def serve(run_dir: str, port: int = 5006, address: str | None = None, show: bool
     from .app import create_app
 
     open_run(run_dir)  # fail on the command line, not only in the page
+    warm_up(str(run_dir), tuple(image_roots))
     address = address or LOOPBACK
     shown = "localhost" if address == LOOPBACK else address
     print(f"ASAP explorer for {run_dir}: http://{shown}:{port}/asap", flush=True)

@@ -393,13 +393,20 @@ def test_thumbnail_cache_is_bounded_in_bytes():
 
 
 def test_overview_shading_and_compositing_match_references():
-    """The overview's own shading (issue 11: tf.shade took 90 ms a frame) gives datashader's
-    colours and eq_hist opacities within one level, on dense and sparse points; compositing
-    equals the straight-alpha "over" operator."""
+    """The overview's own shading (issue 11: tf.shade took 90 ms a frame, dynspread's kernels 6 s
+    to compile) gives datashader's colours and eq_hist opacities within one level and
+    dynspread's footprint exactly, on dense and sparse points; compositing equals the
+    straight-alpha "over" operator."""
     import datashader as ds
     import datashader.transfer_functions as tf
 
-    from explorer.overview import P_FAKE_COLORS, composite, shade_categories, shade_mean
+    from explorer.overview import (
+        P_FAKE_COLORS,
+        composite,
+        dynspread,
+        shade_categories,
+        shade_mean,
+    )
 
     rng = np.random.default_rng(0)
     for n in (300, 200_000):
@@ -415,6 +422,10 @@ def test_overview_shading_and_compositing_match_references():
         drawn = b[..., 3] > 0
         assert np.array_equal(a[..., 3] > 0, drawn) and drawn.sum() > 100
         assert np.abs(a - b)[drawn].max() <= 1
+        spread = dynspread(np.asarray(ours.data), threshold=0.8, max_px=4)
+        ref = np.asarray(tf.dynspread(ours, threshold=0.8, max_px=4).data)
+        assert np.array_equal(spread >> 24 > 0, ref >> 24 > 0)
+        assert (spread >> 24 > 0).sum() > drawn.sum() or n > 1000  # sparse points grew
         agg = cvs.points(df, "x", "y", ds.mean("v"))
         ours, ref = shade_mean(agg, P_FAKE_COLORS), tf.shade(agg, cmap=P_FAKE_COLORS,
                                                              span=(0, 1), how="linear")  # fmt: skip
