@@ -243,7 +243,8 @@ def glyph_raster(
             if rep is not None:
                 canvas.paste(Image.fromarray(rep).resize((tile, tile)), (int(left), int(top)))
             pat = heat_rgba(patterns[c], tile, "inferno")
-            pat[..., 3] = np.clip(0.25 + 0.75 * max(float(coherence[c]), 0.0), 0, 1)
+            agree = float(np.nan_to_num(coherence[c]))  # NaN: one image, or maps all zero
+            pat[..., 3] = np.clip(0.25 + 0.75 * max(agree, 0.0), 0, 1)
             pim = Image.fromarray((pat * 255).astype(np.uint8), "RGBA")
             canvas.alpha_composite(pim, (int(left + tile + 4), int(top)))
             # real:fake bar, length ~ log count
