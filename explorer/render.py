@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -144,19 +145,24 @@ def _thumbnail(real_path: bytes, size: int) -> np.ndarray:
 def heat_rgba(heat: np.ndarray, size: int, cmap: str = "inferno", vmax: float | None = None):
     """A (gh, gw) relevance map -> (size, size, 4) float in [0, 1], upsampled bilinearly; alpha
     grows with relevance so that irrelevant areas leave the image visible."""
-    from matplotlib import colormaps
-
     heat = np.nan_to_num(np.asarray(heat, np.float32), nan=0.0)
     top = float(vmax if vmax is not None else heat.max(initial=0.0))
     norm = np.clip(heat / top, 0, 1) if top > 0 else np.zeros_like(heat)
     up = np.asarray(
-        Image.fromarray((norm * 255).astype(np.uint8)).resize((size, size), Image.BILINEAR),
-        np.float32,
+        Image.fromarray((norm * 255).astype(np.uint8)).resize((size, size), Image.BILINEAR)
     )
-    up /= 255.0
-    rgba = colormaps[cmap](up)
-    rgba[..., 3] = np.sqrt(up)
+    rgba = _lut(cmap)[up]  # what colormaps[cmap](up / 255) gives, without building a map a call
+    rgba[..., 3] = np.sqrt(up / np.float32(255))
     return rgba
+
+
+@lru_cache(maxsize=32)
+def _lut(cmap: str) -> np.ndarray:
+    from matplotlib import colormaps
+
+    lut = colormaps[cmap](np.arange(256))  # matplotlib's 256 colours, float in [0, 1]
+    lut.setflags(write=False)
+    return lut
 
 
 def overlay(rgb: np.ndarray, heat: np.ndarray | None, opacity: float = 0.6, cmap="inferno",

@@ -223,7 +223,7 @@ def channel_maps(run, parts, rows, channel: int = 0, method: str | None = None) 
     own); every other channel is the run's own."""
     if channel == 0:
         return run.relevance.fake_maps(parts, rows, method)
-    return run.relevance.take(parts, rows)[:, channel]
+    return run.relevance.take(parts, rows, channel)
 
 
 def mean_maps(

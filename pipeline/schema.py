@@ -349,25 +349,33 @@ class RelevanceStore:
     def fake_maps(self, parts, rows, method: str | None = None) -> np.ndarray:
         """The fake maps (n, gh, gw) float32 of ``method`` (default: the run's own)."""
         if method is None or method == self.methods[0]:
-            return self.take(parts, rows)[:, 0]
+            return self.take(parts, rows, channel=0)
         if method not in self.methods:
             raise KeyError(f"this run has no {method!r} maps; it has {self.methods}")
         j = self.methods.index(method) - 1
-        out = np.empty((len(parts), *self.map_shape[1:]), dtype=np.float32)
-        for i, (p, r) in enumerate(zip(parts, rows)):
-            out[i] = self._compare_part(int(p))[int(r), j]
-        return out
+        return _gather(self._compare_part, parts, rows, j, self.map_shape[1:])
 
     def get(self, part: int, row: int) -> np.ndarray:
         """Maps of one image, shape (len(MAP_NAMES), gh, gw), float32."""
         return np.asarray(self._arrays[int(part)][int(row)], dtype=np.float32)
 
-    def take(self, parts, rows) -> np.ndarray:
-        """Maps of many images, shape (n, len(MAP_NAMES), gh, gw), float32."""
-        out = np.empty((len(parts), *self.map_shape), dtype=np.float32)
-        for i, (p, r) in enumerate(zip(parts, rows)):
-            out[i] = self._arrays[int(p)][int(r)]
-        return out
+    def take(self, parts, rows, channel: int | None = None) -> np.ndarray:
+        """Maps of many images, shape (n, len(MAP_NAMES), gh, gw) float32, or (n, gh, gw) of one
+        ``channel`` (reading only that channel)."""
+        shape = self.map_shape if channel is None else self.map_shape[1:]
+        return _gather(self._arrays.__getitem__, parts, rows, channel, shape)
+
+
+def _gather(part_array, parts, rows, channel: int | None, shape) -> np.ndarray:
+    """Rows of memory-mapped per-partition arrays, one fancy-indexed read per partition (a loop
+    over images read every map at a time; the cell glyphs' maps took 80 ms at 1 M images)."""
+    parts, rows = np.asarray(parts, np.int64), np.asarray(rows, np.int64)
+    out = np.empty((len(parts), *shape), dtype=np.float32)
+    for p in np.unique(parts):
+        at = np.flatnonzero(parts == p)
+        arr = part_array(int(p))
+        out[at] = arr[rows[at]] if channel is None else arr[rows[at], channel]
+    return out
 
 
 @dataclass
