@@ -188,6 +188,8 @@ def normalize(batch_uint8: np.ndarray, mean, std):
     """(B, H, W, 3) uint8 -> (B, 3, H, W) float32 torch tensor, normalised per channel."""
     import torch
 
+    if not batch_uint8.flags.writeable:  # a cached, shared image: torch wants its own memory
+        batch_uint8 = batch_uint8.copy()
     x = torch.from_numpy(batch_uint8).permute(0, 3, 1, 2).float().div_(255.0)
     m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
     s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
