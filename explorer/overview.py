@@ -128,12 +128,12 @@ def shade_mean(agg, colors: list[str], span=(0.0, 1.0)) -> tf.Image:
     return _image(rgba.reshape(h, w, 4), agg)
 
 
-def dynspread(img: np.ndarray, threshold: float = 0.8, max_px: int = 4) -> np.ndarray:
+def dynspread(img: np.ndarray, threshold: float = 0.8, max_px: int = 4, min_px: int = 0):
     """Datashader's ``dynspread`` in numpy (its numba kernels took 6 s to compile on the first
     frame that needed them): grow every drawn pixel of a (h, w) uint32 RGBA image into a disc of
     radius px, px up to ``max_px`` while at most ``threshold`` of the drawn pixels have another
     within 2 px: sparse points get bigger, dense ones stay sharp. Where discs overlap, the more
-    opaque pixel wins."""
+    opaque pixel wins. ``min_px``: spread at least this much (datashader has no such floor)."""
     h, w = img.shape
     ys, xs = np.nonzero(img >> 24)
     n = len(ys)
@@ -149,6 +149,7 @@ def dynspread(img: np.ndarray, threshold: float = 0.8, max_px: int = 4) -> np.nd
         if np.count_nonzero(around > 1) / n > threshold:
             break
         px = r
+    px = max(px, min(min_px, max_px))
     if px == 0:
         return img
     d = np.arange(-px, px + 1)
@@ -245,7 +246,12 @@ class OverviewView(pn.viewable.Viewer):
             key = self.color_key(color_by)
             cats = list(agg.coords[color_by].values)
             img = shade_categories(agg, [key.get(c, REAL_GREY) for c in cats])
-        data = dynspread(np.asarray(img.data), threshold=0.8, max_px=4)
+        data = np.asarray(img.data)
+        # a view where the points cover under 2% of the pixels draws each at least 3 px wide:
+        # a thin arc of points (neighbours within 2 px, so datashader's rule keeps 1 px) stayed
+        # a faint 1-px trace
+        sparse = np.count_nonzero(data >> 24) < data.size * 0.02
+        data = dynspread(data, threshold=0.8, max_px=4, min_px=1 if sparse else 0)
         return np.flipud(data.view(np.uint8).reshape(*data.shape, 4))
 
     def selection_layer(self, x_range, y_range, width, height, pattern, located=None):

@@ -426,6 +426,9 @@ def test_overview_shading_and_compositing_match_references():
         ref = np.asarray(tf.dynspread(ours, threshold=0.8, max_px=4).data)
         assert np.array_equal(spread >> 24 > 0, ref >> 24 > 0)
         assert (spread >> 24 > 0).sum() > drawn.sum() or n > 1000  # sparse points grew
+        wider = dynspread(np.asarray(ours.data), threshold=0.8, max_px=4, min_px=1)
+        assert ((wider >> 24 > 0) >= (spread >> 24 > 0)).all()  # a floor only ever adds
+        assert (wider >> 24 > 0).sum() > (spread >> 24 > 0).sum() or n < 1000
         agg = cvs.points(df, "x", "y", ds.mean("v"))
         ours, ref = shade_mean(agg, P_FAKE_COLORS), tf.shade(agg, cmap=P_FAKE_COLORS,
                                                              span=(0, 1), how="linear")  # fmt: skip
