@@ -196,7 +196,7 @@ class OverviewView(pn.viewable.Viewer):
     milliseconds instead of about two seconds of the server's one loop (issue 11), and every change
     sends one composited frame. Each layer (points, cell glyphs, selection) is cached with what it
     depends on, so that a colour change never recomputes the glyphs and a selection never
-    re-aggregates the points; changes that arrive together are drawn once, on the next tick."""
+    re-aggregates the points. A change draws at once; the tab on screen follows on the next tick."""
 
     store = param.ClassSelector(class_=DataStore, constant=True)
     thumb_url = param.String(default=None, allow_None=True, doc="server route of thumbnails by id")
