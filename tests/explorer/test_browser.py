@@ -71,8 +71,8 @@ def browser():
 class Page:
     """A loaded explorer page that records console errors."""
 
-    def __init__(self, browser, url):
-        self.page = browser.new_page(viewport={"width": 1500, "height": 1000},
+    def __init__(self, browser, url, size=(1500, 1000)):
+        self.page = browser.new_page(viewport={"width": size[0], "height": size[1]},
                                      accept_downloads=True)  # fmt: skip
         self.errors = []
         self.page.on("console", lambda m: m.type == "error" and self.errors.append(m.text))
@@ -360,3 +360,19 @@ def test_fits_a_1280x720_screen(server, browser):
     box = hist.bounding_box()
     assert box["x"] + box["width"] <= 1280, box
     page.close()
+
+
+def test_the_page_fits_1280_by_720(server, browser):
+    """Issue 11: at 1280x720 nothing is cut off sideways: the page does not scroll horizontally,
+    and the side pane's last tab and its sort control end inside the window."""
+    p = Page(browser, server, size=(1280, 720))
+    assert settle(p, lambda: p.overview_pixels().std() > 10), "the overview stayed blank"
+    scroll, inner = p.page.evaluate(
+        "() => [document.documentElement.scrollWidth, window.innerWidth]"
+    )
+    assert scroll <= inner
+    tab = p.page.locator(".bk-tab").filter(has_text="What-if").first.bounding_box()
+    sort = p.page.get_by_text("sort", exact=True).first.bounding_box()
+    assert tab and sort, "tab or sort control not found"
+    assert tab["x"] + tab["width"] <= 1280 and sort["x"] + sort["width"] <= 1280
+    assert not p.errors, p.errors
