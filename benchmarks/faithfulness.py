@@ -101,6 +101,15 @@ def score_methods(model, pixels, methods, batch: int, steps: int, seed: int) -> 
     return out
 
 
+def _auc(pos: np.ndarray, neg: np.ndarray) -> float:
+    """ROC-AUC of scores ``pos`` (fakes) against ``neg`` (reals)."""
+    from sklearn.metrics import roc_auc_score
+
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    return float(roc_auc_score(np.r_[np.ones(len(pos)), np.zeros(len(neg))], np.r_[pos, neg]))
+
+
 def paired(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     d = np.asarray(a, np.float64) - np.asarray(b, np.float64)
     return float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
@@ -123,7 +132,7 @@ def suite_seed(args, seed: int, methods: list[str]) -> dict:
             model = create_encoder(
                 EncoderConfig(model_name=args.model, stem=args.stem, tiles=args.tiles)
             )
-            tcfg = TrainConfig(epochs=args.epochs, seed=seed)
+            tcfg = TrainConfig(epochs=args.epochs, seed=seed, selfblend=args.selfblend)
             info = train_encoder(model, images, tcfg)
         model.eval()
         held = images[(images["split"] != "train") & (images["duplicate_of"] < 0)]
@@ -137,7 +146,10 @@ def suite_seed(args, seed: int, methods: list[str]) -> dict:
             print(f"seed {seed}: WARNING: the detector found {det.sum()} held-out fakes; scoring "
                   "all held-out fakes instead (the figures then mean nothing)")  # fmt: skip
             det = lab == 1
+        real = lab == 0
         res = {"_detect": {f: float((p[fam == f] >= 0.5).mean()) for f in SUITE_FAMILIES},
+               "_auc": {f: _auc(p[fam == f], p[real]) for f in SUITE_FAMILIES},
+               "_real_flagged": float((p[real] >= 0.5).mean()),
                "_acc": float(((p >= 0.5) == lab).mean()),
                "_epochs": info.get("epochs_run"), "_T": info.get("temperature")}  # fmt: skip
         mk = np.stack([masks[path] for path in held["path"][det]])
@@ -246,6 +258,8 @@ def main() -> None:
     ap.add_argument("--n-fake", type=int, default=120, help="fakes per base and family")
     ap.add_argument("--model", default="asap-tiny-vit-64")
     ap.add_argument("--epochs", type=int, default=TrainConfig.epochs)
+    ap.add_argument("--selfblend", type=float, default=TrainConfig.selfblend,
+                    help="share of real images added as self-blended copies")  # fmt: skip
     ap.add_argument("--stem", default=None, choices=STEMS, help="the detector's stem (default: "
                     "the default for a tower trained from scratch)")  # fmt: skip
     ap.add_argument("--encoder", default=None, help="score this encoder instead of training")
@@ -294,7 +308,9 @@ def suite_table(args, seeds: list[dict], methods: list[str]) -> None:
     for s, r in zip(args.seeds, seeds):
         print(f"seed {s}: held-out accuracy {r['_acc']:.3f}, detected fakes {r['_n_detected']}, "
               f"epochs {r['_epochs']}, T {r['_T']}, detection "
-              + " ".join(f"{f} {v:.2f}" for f, v in r["_detect"].items()))  # fmt: skip
+              + " ".join(f"{f} {v:.2f}" for f, v in r["_detect"].items())
+              + f"; reals flagged {r['_real_flagged']:.2f}; AUC vs reals "
+              + " ".join(f"{f} {v:.3f}" for f, v in r["_auc"].items()))  # fmt: skip
     print(f"\nplanted suite: {len(args.seeds)} seed(s), mean ± sd over seeds; pointing chance "
           f"{_ms([r['_chance'] for r in seeds])}")  # fmt: skip
     cols = ["pointing", *[f"point_{f}" for f in SUITE_FAMILIES], "deletion", "insertion",

@@ -125,6 +125,10 @@ def _add_run(sub) -> None:
                    help="weight of the patch-level (multiple-instance) loss that trains "
                    "every patch token on the label beside the CLS head; 0: off "
                    "(default: %(default)s)")  # fmt: skip
+    t.add_argument("--selfblend", type=float, default=TrainConfig.selfblend, metavar="SHARE",
+                   help="share of each batch's real images added again as self-blended fakes "
+                   "(one random local trace, its patches supervised) when the tower trains from "
+                   "scratch; 0: off (default: %(default)s)")  # fmt: skip
     t.add_argument("--train-batch-size", type=int, default=TrainConfig.batch_size)
     r = p.add_argument_group("pipeline")
     r.add_argument("--partition-size", type=int, default=512, help="images per Dask task/file")
@@ -258,6 +262,7 @@ def build_config(a: argparse.Namespace) -> RunConfig:
             patience=a.patience,
             lr=a.lr,
             patch_loss=a.patch_loss,
+            selfblend=a.selfblend,
             batch_size=a.train_batch_size,
             train_limit=a.train_limit,
             seed=a.seed,

@@ -85,6 +85,10 @@ class TrainConfig:
     # trace then reaches the patch tokens directly instead of through the CLS token's average of
     # 64 tokens, where it was diluted below the noise (issue 9). 0 turns it off.
     patch_loss: float = 1.0
+    # share of each batch's real images that are added again as self-blended fakes (one random
+    # local trace, labelled fake, its patches labelled by the patch loss; pipeline/selfblend.py)
+    # when the tower trains from scratch. 0 turns it off.
+    selfblend: float = 0.5
 
     def __post_init__(self):
         if self.epochs < 1 or self.patience < 1 or self.batch_size < 1:
@@ -96,6 +100,8 @@ class TrainConfig:
             raise ValueError(f"--train-limit must be >= 2 images, got {self.train_limit}")
         if not self.patch_loss >= 0:
             raise ValueError(f"the patch loss weight must be >= 0, got {self.patch_loss}")
+        if not 0 <= self.selfblend <= 1:
+            raise ValueError(f"the self-blend share must be in [0, 1], got {self.selfblend}")
         if not self.lr > 0:
             raise ValueError(f"the learning rate must be > 0, got {self.lr}")
 

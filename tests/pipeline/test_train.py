@@ -215,7 +215,7 @@ def test_patch_loss_is_a_training_scaffold(tmp_path, capsys):
         torch.manual_seed(0)
         model = create_encoder(EncoderConfig(model_name="asap-micro-vit-64"))
         keys = set(model.state_dict())
-        info = train_encoder(model, images, TrainConfig(epochs=1, patch_loss=w))
+        info = train_encoder(model, images, TrainConfig(epochs=1, patch_loss=w, selfblend=0.0))
         assert set(model.state_dict()) == keys  # nothing added to what is saved
         losses[w] = info["history"][0]["train_loss"]
     # the same seed and batches: the train loss with the patch loss adds a positive BCE term
