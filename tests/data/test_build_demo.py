@@ -135,7 +135,7 @@ def test_make_demo_uses_the_committed_encoder(demo200, tmp_path):
     run given it trains nothing and keeps exactly those weights."""
     import torch
 
-    from pipeline.config import EncoderConfig
+    from pipeline.config import EncoderConfig, TrainConfig
     from pipeline.encoder import file_sha256, load_encoder
 
     committed = REPO / "data" / "demo-encoder.pt"
@@ -144,6 +144,7 @@ def test_make_demo_uses_the_committed_encoder(demo200, tmp_path):
     assert blob["config"]["stem"] == EncoderConfig().stem == "patch"
     assert blob["config"]["pretrained"] is None
     assert "make_demo_encoder.py" in blob["extra"]["made_by"]
+    assert blob["extra"]["selfblend"] == TrainConfig().selfblend > 0  # today's training defaults
     assert all(
         v.dtype == torch.float16 for v in blob["state_dict"].values() if v.is_floating_point()
     )
