@@ -25,12 +25,26 @@ URL_STATE = ("labels", "generators", "predicted", "misclassified", "score_range"
 FILTERS = ("labels", "predicted", "generators", "misclassified", "score_range")
 
 
+_EXTENSIONS_GLOBAL = False  # loaded for the whole process (`asap serve` does it before serving)
+
+
 def load_extensions() -> None:
+    """Panel's and HoloViews' extensions with the explorer's settings. Loaded once for the
+    process when called outside a session (`asap serve`'s warm-up, a notebook): a session then
+    skips them (calling them in every session cost a tenth of the server's time per new page;
+    issue 11). ``panel serve explorer/serve.py`` loads them in each session."""
+    global _EXTENSIONS_GLOBAL
+    doc = pn.state.curdoc
+    in_session = doc is not None and doc.session_context is not None
+    if in_session and _EXTENSIONS_GLOBAL:
+        return
     # sliders send their value on release, not at every step of a drag (issue 11: one drag of
     # the p(fake) slider kept the page recomputing for 15 s); a view that recomputes shows a
     # spinner over its old content until the new one is ready
     pn.extension("tabulator", notifications=False, throttled=True, loading_indicator=True)
     hv.extension("bokeh", logo=False)
+    if not in_session:
+        _EXTENSIONS_GLOBAL = True
 
 
 def error_page(message: str) -> pn.template.BootstrapTemplate:
@@ -180,7 +194,15 @@ class App:
 
     def template(self) -> pn.template.BootstrapTemplate:
         tpl = pn.template.BootstrapTemplate(
-            title="ASAP explorer", sidebar=self.sidebar(), main=self.main(), sidebar_width=300
+            title="ASAP explorer",
+            sidebar=self.sidebar(),
+            main=self.main(),
+            sidebar_width=300,
+            # no busy spinner in the header: Panel's busy state is one for the whole process and
+            # the template's default spinner is one object shown in every session, so each
+            # event of any session sent a patch to every open page (issue 11: 20 sessions);
+            # every view has its own loading indicator instead
+            busy_indicator=None,
         )
         tpl.server_doc = _batched(tpl.server_doc)
         return tpl

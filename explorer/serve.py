@@ -9,6 +9,9 @@ import argparse
 import sys
 
 from explorer.app import create_app, error_page
+from explorer.server import lighter_pages
+
+lighter_pages()
 
 USAGE = "panel serve explorer/serve.py --port 5006 --args RUN_DIR [--image-root DIR]"
 

