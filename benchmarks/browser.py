@@ -225,9 +225,10 @@ def free_port() -> int:
 class Server:
     """`asap serve RUN` in its own process, on a free loopback port."""
 
-    def __init__(self, run_dir: str):
+    def __init__(self, run_dir: str, procs: int = 1):
         self.port = free_port()
-        cmd = [sys.executable, "-m", "pipeline.cli", "serve", run_dir, "--port", str(self.port)]
+        cmd = [sys.executable, "-m", "pipeline.cli", "serve", run_dir, "--port", str(self.port),
+               "--procs", str(procs)]  # fmt: skip
         self.log = tempfile.TemporaryFile("w+")
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT,
                                      cwd=HERE.parent)  # fmt: skip
@@ -243,9 +244,29 @@ class Server:
                 time.sleep(0.2)
         self.url = f"http://127.0.0.1:{self.port}/asap"
 
+    def cpu_s(self) -> float:
+        """CPU seconds used so far by the server's processes (all of them with --procs)."""
+        import psutil
+
+        root = psutil.Process(self.proc.pid)
+        total = 0.0
+        for p in [root, *root.children(recursive=True)]:
+            try:
+                t = p.cpu_times()
+                total += t.user + t.system
+            except psutil.NoSuchProcess:
+                continue
+        return total
+
     def close(self):
+        import psutil
+
+        kids = psutil.Process(self.proc.pid).children(recursive=True)
         self.proc.terminate()
         self.proc.wait(20)
+        for k in kids:  # forked server processes (--procs)
+            if k.is_running():
+                k.terminate()
 
 
 class Timer:
@@ -469,6 +490,7 @@ def main() -> None:
     ap.add_argument("--sessions", type=int, default=20)
     ap.add_argument("--quiet", type=int, default=1000, help="ms without change = settled")
     ap.add_argument("--timeout", type=float, default=90, help="s per wait")
+    ap.add_argument("--procs", type=int, default=1, help="`asap serve --procs`")
     a = ap.parse_args()
     if not os.path.exists(CHROMIUM):
         sys.exit("Debian's chromium is missing: `apt-get install chromium` (`make browser`)")
@@ -492,10 +514,14 @@ def main() -> None:
                 run = str(bx.write_run(tmp / "run", bx.make_points(n)))
                 print(f"n={n:,}: wrote a run directory in {time.perf_counter() - t0:.0f} s",
                       flush=True)  # fmt: skip
-            server = Server(run)
+            server = Server(run, a.procs)
             try:
                 res = measure_run(browser, server.url, a.repeats, a.quiet, a.timeout)
+                cpu0 = server.cpu_s()
                 s = sessions(browser, server.url, a.sessions, a.timeout)
+                # the server's share of the page loads (the rest is the browser's, on the same
+                # cores here; on a real deployment each user's browser has its own machine)
+                res["server_cpu_per_load"] = (server.cpu_s() - cpu0) * 1000 / max(a.sessions, 1)
             finally:
                 server.close()
                 if tmp:
@@ -511,7 +537,8 @@ def main() -> None:
                 last = (n, res)  # the 1 M run's figures, else the last run measured
         browser.close()
     cols = ["load", "zoom", "pan", "box_select", "lasso", "tap", "filter", "colour",
-            "tab_dimensions", "tab_patterns", "sessions_p50", "sessions_p95"]  # fmt: skip
+            "tab_dimensions", "tab_patterns", "sessions_p50", "sessions_p95",
+            "server_cpu_per_load"]  # fmt: skip
     print("\nms from the action to changed pixels (settled overview; images / text where shown)")
     print("| run | " + " | ".join(cols) + " |")
     print("|" + " --- |" * (len(cols) + 1))

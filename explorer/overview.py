@@ -47,7 +47,18 @@ _BLANK = {"image": [np.zeros((1, 1), np.uint32)], "x": [0.0], "y": [0.0], "dw": 
           "dh": [1e-9]}  # fmt: skip
 LAYER_CACHE_BYTES = 192 * 2**20  # points and glyph layers shared by the sessions of a process
 _LAYERS = ByteBoundedCache(LAYER_CACHE_BYTES)
-_DRAW_POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="asap-layer")
+_DRAW_POOL: tuple[int, ThreadPoolExecutor] | None = None  # (process id, pool)
+
+
+def draw_pool() -> ThreadPoolExecutor:
+    """This process's pool of layer threads, made on first use: `asap serve --procs N` forks
+    after the warm-up drew layers, and a forked process has none of its parent's threads."""
+    global _DRAW_POOL
+    import os
+
+    if _DRAW_POOL is None or _DRAW_POOL[0] != os.getpid():
+        _DRAW_POOL = (os.getpid(), ThreadPoolExecutor(2, thread_name_prefix="asap-layer"))
+    return _DRAW_POOL[1]
 
 
 def glyph_key() -> str:
@@ -392,7 +403,7 @@ class OverviewView(pn.viewable.Viewer):
         todo = [i for i, arr in enumerate(out) if arr is None]
         if len(todo) > 1:
             self.filtered_frame()  # filled here, not by two workers at once
-            later = [(i, _DRAW_POOL.submit(specs[i][2])) for i in todo[1:]]
+            later = [(i, draw_pool().submit(specs[i][2])) for i in todo[1:]]
             out[todo[0]] = specs[todo[0]][2]()
             for i, future in later:
                 out[i] = future.result()

@@ -79,7 +79,7 @@ def warm_up(run_dir: str, image_roots: tuple[str, ...] = ()) -> None:
     """Load the run into the process (shared by every session) and compile Datashader's kernels
     for every colouring and the overview's own (kernels.py), before the first page: about 3 s
     that the first user's first frame and first colour change used to wait for (issue 11)."""
-    from .app import App, load_extensions
+    from .app import App, create_app, load_extensions
     from .datastore import COLOR_BY
 
     load_extensions()
@@ -90,6 +90,12 @@ def warm_up(run_dir: str, image_roots: tuple[str, ...] = ()) -> None:
     # numba's cache, or compiled on a machine's first start
     overview.glyph_layer(None, None, 64, 64, 2)
     overview.frame()
+    # one whole page into a throwaway document: the first page of a process paid about 0.5 s
+    # more than the next (Panel's and Bokeh's first template, models and stylesheets); with
+    # --procs every process would pay it
+    from bokeh.document import Document
+
+    create_app(run_dir, image_roots, sync_url=False).server_doc(Document())
 
 
 def lighter_pages() -> None:
@@ -109,18 +115,30 @@ def lighter_pages() -> None:
 
 
 def serve(run_dir: str, port: int = 5006, address: str | None = None, show: bool = False,
-          image_roots: tuple[str, ...] = (), origins: tuple[str, ...] = ()):  # fmt: skip
-    """Blocks until interrupted. Raises RunDirectoryError before serving if the run is unusable."""
+          image_roots: tuple[str, ...] = (), origins: tuple[str, ...] = (),
+          procs: int = 1):  # fmt: skip
+    """Blocks until interrupted. Raises RunDirectoryError before serving if the run is unusable.
+
+    ``procs`` > 1 forks that many server processes after the run is loaded (its arrays are then
+    shared by all, copy-on-write); they share the port, so that new pages are built in parallel
+    (building one costs the server's loop about 0.3 s: issue 11, many sessions). A browser
+    session stays with the process that served its page. 0: one per core."""
+    import os
+
     import panel as pn
 
     from .app import create_app
 
+    if procs < 0:
+        raise ValueError(f"--procs must be 0 (one process per core) or more, got {procs}")
+    procs = procs or os.cpu_count() or 1
     open_run(run_dir)  # fail on the command line, not only in the page
     lighter_pages()
     warm_up(str(run_dir), tuple(image_roots))
     address = address or LOOPBACK
     shown = "localhost" if address == LOOPBACK else address
-    print(f"ASAP explorer for {run_dir}: http://{shown}:{port}/asap", flush=True)
+    many = f" ({procs} server processes)" if procs > 1 else ""
+    print(f"ASAP explorer for {run_dir}: http://{shown}:{port}/asap{many}", flush=True)
 
     def session():  # a plain function: Panel calls it once per browser session
         return create_app(str(run_dir), tuple(image_roots), thumb_url=THUMB_ROUTE)
@@ -135,6 +153,7 @@ def serve(run_dir: str, port: int = 5006, address: str | None = None, show: bool
         # Bokeh accepts only localhost:PORT by default; 127.0.0.1 is the same machine
         websocket_origin=list(origins) or [f"localhost:{port}", f"127.0.0.1:{port}"],
         threaded=False,
+        num_procs=procs,
         extra_patterns=[
             (THUMB_ROUTE + r"([0-9]{1,18})", thumbnail_handler(str(run_dir), tuple(image_roots)))
         ],  # fmt: skip

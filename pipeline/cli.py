@@ -213,6 +213,10 @@ def _add_serve(sub) -> None:
                    help="another folder the app may read images from (repeatable)")  # fmt: skip
     p.add_argument("--allow-websocket-origin", action="append", default=[],
                    help="host[:port] a browser may connect from, for remote access")  # fmt: skip
+    p.add_argument("--procs", type=int, default=1,
+                   help="server processes sharing the port (the run is loaded once, before "
+                   "they fork): new pages are built in parallel, one per process; 0: one per "
+                   "core (default 1)")  # fmt: skip
 
 
 def _add_patterns(sub) -> None:
@@ -485,7 +489,7 @@ def main(argv: list[str] | None = None) -> int:
             from explorer.server import serve
 
             serve(a.run, a.port, a.address, a.show, tuple(a.image_root),
-                  tuple(a.allow_websocket_origin))  # fmt: skip
+                  tuple(a.allow_websocket_origin), a.procs)  # fmt: skip
     except KeyboardInterrupt:
         print("asap: interrupted; run the same command again to resume", file=sys.stderr)
         return 130

@@ -109,3 +109,31 @@ def test_allowed_hosts_follow_the_options():
     opened = allowed_hosts(5006, "10.0.0.5", ("box.lan:5006", "https://viewer.example"))
     assert {"10.0.0.5:5006", "box.lan:5006", "viewer.example", "viewer.example:5006"} <= opened
     assert "0.0.0.0:5006" not in allowed_hosts(5006, "0.0.0.0", ())
+
+
+def test_procs_fork_servers_sharing_the_port(patterned_run):
+    """`asap serve --procs 2`: the run is loaded once, then two server processes answer on the
+    same port (new pages are built in parallel); a negative count is a one-line error."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "pipeline.cli", "serve", str(patterned_run[0]), "--port",
+           str(port), "--procs", "2"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for_port(port, proc)
+        assert all(_get(port, f"localhost:{port}") == 200 for _ in range(4))
+        kids = psutil.Process(proc.pid).children()
+        assert len(kids) == 2
+        for kid in kids:
+            ports = {c.laddr.port for c in kid.net_connections("inet")
+                     if c.status == psutil.CONN_LISTEN}  # fmt: skip
+            assert port in ports
+    finally:
+        kids = psutil.Process(proc.pid).children(recursive=True)
+        proc.terminate()
+        proc.wait(20)
+        for kid in kids:
+            if kid.is_running():
+                kid.terminate()
+    bad = subprocess.run([*cmd[:-1], "-1"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "--procs must be 0" in bad.stderr
+    assert "Traceback" not in bad.stderr
