@@ -12,6 +12,7 @@ import panel as pn
 
 from pipeline.schema import RunDirectoryError
 
+from .assets import offline_notebook
 from .datastore import DataStore, filter_widgets
 from .overview import OverviewView
 from .patterns import DIMENSION_MAPS_METHOD
@@ -41,7 +42,13 @@ def load_extensions() -> None:
     # sliders send their value on release, not at every step of a drag (issue 11: one drag of
     # the p(fake) slider kept the page recomputing for 15 s); a view that recomputes shows a
     # spinner over its old content until the new one is ready
-    pn.extension("tabulator", notifications=False, throttled=True, loading_indicator=True)
+    # inline: in a notebook, Panel's and Bokeh's scripts and stylesheets come with the output,
+    # not from a CDN (offline, the notebook rendered blank; issue 11), including the three
+    # files Panel's loader still names by CDN address (assets.py); served pages are not
+    # affected (the server serves its own)
+    offline_notebook()
+    pn.extension("tabulator", notifications=False, throttled=True, loading_indicator=True,
+                 inline=True)  # fmt: skip
     hv.extension("bokeh", logo=False)
     if not in_session:
         _EXTENSIONS_GLOBAL = True
