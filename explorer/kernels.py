@@ -85,26 +85,58 @@ def category_colours(flat_counts: np.ndarray, colors: np.ndarray):
 
 
 @numba.njit(cache=True, nogil=True)
-def _over(layers, out, r0, g0, b0):
-    n_layers, n = layers.shape[0], layers.shape[1]
-    for i in range(n):
-        r, g, b = r0, g0, b0
-        for k in range(n_layers):
-            a = np.int64(layers[k, i, 3])
-            if a == 0:
-                continue
-            na = 255 - a
-            r = (np.int64(layers[k, i, 0]) * a + r * na + 127) // 255
-            g = (np.int64(layers[k, i, 1]) * a + g * na + 127) // 255
-            b = (np.int64(layers[k, i, 2]) * a + b * na + 127) // 255
-        out[i, 0], out[i, 1], out[i, 2], out[i, 3] = r, g, b, 255
+def _over(layer, out):
+    """One straight-alpha layer (n, 4) over the opaque pixels ``out`` (n, 4), in place."""
+    for i in range(out.shape[0]):
+        a = np.int64(layer[i, 3])
+        if a == 0:
+            continue
+        na = 255 - a
+        for ch in range(3):
+            out[i, ch] = (np.int64(layer[i, ch]) * a + np.int64(out[i, ch]) * na + 127) // 255
 
 
 def over(layers: list[np.ndarray], background=(255, 255, 255)) -> np.ndarray:
     """Straight-alpha RGBA layers (h, w, 4) uint8, bottom first, over an opaque background, in
     integers rounded once per layer: one opaque (h, w, 4) uint8 image."""
     h, w = layers[0].shape[:2]
-    stack = np.stack([x.reshape(-1, 4) for x in layers])
     out = np.empty((h * w, 4), np.uint8)
-    _over(stack, out, *(int(c) for c in background))
+    out[:, :3] = background
+    out[:, 3] = 255
+    for layer in layers:
+        _over(np.ascontiguousarray(layer).reshape(-1, 4), out)
     return out.reshape(h, w, 4)
+
+
+@numba.njit(cache=True, nogil=True)
+def spread_radius(img, threshold, max_px):
+    """Datashader's dynspread rule on a (h, w) uint32 RGBA image: the largest radius r <=
+    ``max_px`` such that, for every radius up to r, at most ``threshold`` of the drawn pixels
+    have another drawn pixel within 2 r (a square window); 0 if none qualifies."""
+    h, w = img.shape
+    c = np.zeros((h + 1, w + 1), np.int32)  # integral image of the drawn pixels
+    n = 0
+    for y in range(h):
+        row = 0
+        for x in range(w):
+            if img[y, x] >> 24:
+                row += 1
+                n += 1
+            c[y + 1, x + 1] = c[y, x + 1] + row
+    if n == 0:
+        return 0
+    px = 0
+    for r in range(1, max_px + 1):
+        crowded = 0
+        for y in range(h):
+            y0, y1 = max(y - 2 * r, 0), min(y + 2 * r + 1, h)
+            for x in range(w):
+                if img[y, x] >> 24 == 0:
+                    continue
+                x0, x1 = max(x - 2 * r, 0), min(x + 2 * r + 1, w)
+                if c[y1, x1] - c[y0, x1] - c[y1, x0] + c[y0, x0] > 1:
+                    crowded += 1
+        if crowded / n > threshold:
+            break
+        px = r
+    return px

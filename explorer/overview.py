@@ -147,22 +147,14 @@ def dynspread(img: np.ndarray, threshold: float = 0.8, max_px: int = 4, min_px: 
     within 2 px: sparse points get bigger, dense ones stay sharp. Where discs overlap, the more
     opaque pixel wins. ``min_px``: spread at least this much (datashader has no such floor)."""
     h, w = img.shape
+    # the radius: one compiled pass per radius tried (kernels.spread_radius)
+    px = max(kernels.spread_radius(np.ascontiguousarray(img), float(threshold), int(max_px)),
+             min(min_px, max_px))  # fmt: skip
+    if px == 0:
+        return img
     ys, xs = np.nonzero(img >> 24)
     n = len(ys)
     if n == 0:
-        return img
-    c = np.zeros((h + 1, w + 1), np.int32)  # integral image of the drawn pixels
-    np.cumsum(np.cumsum((img >> 24) > 0, axis=0, dtype=np.int32), axis=1, out=c[1:, 1:])
-    px = 0
-    for r in range(1, max_px + 1):
-        y0, y1 = np.clip(ys - 2 * r, 0, h), np.clip(ys + 2 * r + 1, 0, h)
-        x0, x1 = np.clip(xs - 2 * r, 0, w), np.clip(xs + 2 * r + 1, 0, w)
-        around = c[y1, x1] - c[y0, x1] - c[y1, x0] + c[y0, x0]  # itself included
-        if np.count_nonzero(around > 1) / n > threshold:
-            break
-        px = r
-    px = max(px, min(min_px, max_px))
-    if px == 0:
         return img
     d = np.arange(-px, px + 1)
     dy, dx = (a.ravel() for a in np.meshgrid(d, d, indexing="ij"))
