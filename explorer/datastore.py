@@ -316,16 +316,27 @@ class DataStore(pn.viewable.Viewer):
             return np.flatnonzero(self.mask)
         return self._selection[self.mask[self._selection]]
 
-    def sorted_rows(self, rows: np.ndarray) -> np.ndarray:
+    def sorted_rows(self, rows: np.ndarray, limit: int | None = None) -> np.ndarray:
+        """``rows`` in the chosen order (ties keep their order); with ``limit``, only the first
+        ``limit`` of them, found without sorting them all (a full sort of 10 M rows took 2 s of
+        every new page; issue 11)."""
         p = self.points
         key = {
-            SORT_BY[0]: -p.p_fake[rows],
-            SORT_BY[1]: p.p_fake[rows],
-            SORT_BY[2]: -p.label[rows].astype(np.float32),
-            SORT_BY[3]: p.generator[rows].astype(np.float32),
-            SORT_BY[4]: -p.error[rows].astype(np.float32),
-        }[self.sort_by]
-        return rows[np.argsort(key, kind="stable")]
+            SORT_BY[0]: lambda: -p.p_fake[rows],
+            SORT_BY[1]: lambda: p.p_fake[rows],
+            SORT_BY[2]: lambda: -p.label[rows].astype(np.float32),
+            SORT_BY[3]: lambda: p.generator[rows].astype(np.float32),
+            SORT_BY[4]: lambda: -p.error[rows].astype(np.float32),
+        }[self.sort_by]()
+        if limit is None or limit >= len(rows):
+            return rows[np.argsort(key, kind="stable")]
+        if limit <= 0:
+            return rows[:0]
+        kth = np.partition(key, limit - 1)[limit - 1]  # the limit-th smallest key
+        below = np.flatnonzero(key < kth)
+        ties = np.flatnonzero(key == kth)[: limit - len(below)]  # the first ones, as a stable sort
+        pick = np.sort(np.concatenate([below, ties]))
+        return rows[pick[np.argsort(key[pick], kind="stable")]]
 
     def summary(self) -> str:
         rows = self.selected

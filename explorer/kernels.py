@@ -13,15 +13,27 @@ import numpy as np
 
 
 @numba.njit(cache=True, nogil=True)
+def _key(i, seed):
+    """A pseudo-random 63-bit key for row ``i`` (splitmix64 of the row and the seed)."""
+    z = (np.uint64(i) + np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15)
+         + np.uint64(0x9E3779B97F4A7C15))  # fmt: skip
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return np.int64((z ^ (z >> np.uint64(31))) >> np.uint64(1))
+
+
+@numba.njit(cache=True, nogil=True)
 def _bin_cells(x, y, p_fake, label, pred, mask, use_mask, x0, x1, y0, y1, sx, sy, fx, fy, nx,
-               ny, fake_label):  # fmt: skip
-    n = len(x)
-    cell = np.full(n, -1, np.int64)
-    count = np.zeros(nx * ny, np.int64)
-    fake = np.zeros(nx * ny, np.int64)
-    psum = np.zeros(nx * ny, np.float64)
-    errs = np.zeros(nx * ny, np.int64)
-    for i in range(n):
+               ny, fake_label, per_cell, seed):  # fmt: skip
+    n_cells = nx * ny
+    count = np.zeros(n_cells, np.int64)
+    fake = np.zeros(n_cells, np.int64)
+    psum = np.zeros(n_cells, np.float64)
+    errs = np.zeros(n_cells, np.int64)
+    members = np.full((n_cells, per_cell), -1, np.int64)
+    keys = np.full((n_cells, per_cell), np.iinfo(np.int64).max, np.int64)
+    worst = np.zeros(n_cells, np.int64)  # slot of the largest key kept in each cell
+    for i in range(len(x)):
         if use_mask and not mask[i]:
             continue
         xi, yi = x[i], y[i]
@@ -30,30 +42,42 @@ def _bin_cells(x, y, p_fake, label, pred, mask, use_mask, x0, x1, y0, y1, sx, sy
         cx = min(int((xi - x0) / sx * fx), nx - 1)
         cy = min(int((yi - y0) / sy * fy), ny - 1)
         c = cy * nx + cx
-        cell[i] = c
         count[c] += 1
         if label[i] == fake_label:
             fake[c] += 1
         psum[c] += p_fake[i]
         if pred[i] != label[i]:
             errs[c] += 1
-    return cell, count, fake, psum, errs
+        # the cell's sample: the per_cell rows with the smallest keys seen so far
+        k = _key(i, seed)
+        w = worst[c]
+        if k < keys[c, w]:
+            keys[c, w], members[c, w] = k, i
+            for j in range(per_cell):  # the new largest kept key
+                if keys[c, j] > keys[c, w]:
+                    w = j
+            worst[c] = w
+    return count, fake, psum, errs, members
 
 
-def bin_cells(pts, viewport, nx: int, ny: int, mask, fake_label: int):
-    """(rows inside the viewport and the mask, their cell, count, fakes, sum of p(fake), errors
-    per cell) in one pass over the points. A point on the viewport's edge is inside; cell
-    coordinates are ``min(int((x - x0) / (x1 - x0) * nx), nx - 1)`` in the columns' precision."""
+def bin_cells(pts, viewport, nx: int, ny: int, mask, fake_label: int, per_cell: int,
+              seed: int = 0):  # fmt: skip
+    """One pass over the points: per cell of the nx-by-ny grid over ``viewport``, the count, the
+    fakes, the sum of p(fake), the errors, and a uniform random sample of at most ``per_cell``
+    rows (the rows with the smallest pseudo-random keys for ``seed``; -1 pads), in row order.
+    A point on the viewport's edge is inside; cell coordinates are
+    ``min(int((x - x0) / (x1 - x0) * nx), nx - 1)`` in the columns' precision."""
     t = pts.x.dtype.type
     x0, x1, y0, y1 = viewport
     use_mask = mask is not None
     m = mask if use_mask else np.zeros(1, np.bool_)
-    cell, count, fake, psum, errs = _bin_cells(
+    count, fake, psum, errs, members = _bin_cells(
         pts.x, pts.y, pts.p_fake, pts.label, pts.pred, m, use_mask, t(x0), t(x1), t(y0), t(y1),
         t(x1 - x0), t(y1 - y0), t(nx), t(ny), int(nx), int(ny), pts.label.dtype.type(fake_label),
+        int(per_cell), int(seed),
     )  # fmt: skip
-    rows = np.flatnonzero(cell >= 0)
-    return rows, cell[rows], count, fake, psum, errs
+    members.sort(axis=1)  # -1 padding first
+    return count, fake, psum, errs, [row[row >= 0] for row in members]
 
 
 @numba.njit(cache=True, nogil=True)

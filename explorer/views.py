@@ -259,7 +259,7 @@ class ImageView(TabView):
     @param.depends("version", "n_images")
     def cards(self):
         store = self.store
-        rows = store.sorted_rows(store.selected)[: self.n_images]
+        rows = store.sorted_rows(store.selected, self.n_images)
         if len(rows) == 0:
             return pn.pane.Markdown("No images match the filters and selection.")
         channel = MAP_NAMES.index(store.map_name)

@@ -108,7 +108,7 @@ class WhatIfView(TabView):
                           ["selection_version", "filter_version", "sort_by"])  # fmt: skip
 
     def current_row(self) -> int | None:
-        rows = self.store.sorted_rows(self.store.selected)
+        rows = self.store.sorted_rows(self.store.selected, 1)
         return int(rows[0]) if len(rows) else None
 
     def mask_top(self, k: int = 3):
