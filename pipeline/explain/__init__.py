@@ -60,16 +60,29 @@ def get_method(name: str) -> Method:
     return METHODS[name]
 
 
-def explain(model, pixels: torch.Tensor, method: str, compare: tuple[str, ...] = ()):
+def explain(model, pixels: torch.Tensor, method: str, compare: tuple[str, ...] = (),
+            fuse: bool = True):  # fmt: skip
     """The run's 18 maps: fake and real by ``method``, d00..d15 by DIMS_METHOD, plus the fake map
     of each ``compare`` method (B, gh, gw). The last-block rule also yields plain attention, so
-    comparing with ``chefer_last`` or ``attention`` costs nothing extra."""
+    comparing with ``chefer_last`` or ``attention`` costs nothing extra. For the default pair
+    (chefer_all, chefer_last) both rules share one forward pass (``fuse``; False: each runs its
+    own, as benchmarks/pipeline.py compares)."""
+    method = get_method(method).name
+    if fuse and (method, DIMS_METHOD) == ("chefer_all", "chefer_last"):
+        out, main_maps = chefer.chefer_all_and_last(model, pixels, N_MAPS)
+        free = {DIMS_METHOD: out.maps[:, 0], "attention": out.attention, method: main_maps[:, 0]}
+        out.maps = torch.cat([main_maps, out.maps[:, 2:]], dim=1)
+        return _compare(model, pixels, out, free, compare)
     out = METHODS[DIMS_METHOD].fn(model, pixels, N_MAPS)
     free = {DIMS_METHOD: out.maps[:, 0], "attention": out.attention}
-    method = get_method(method).name
     if method != DIMS_METHOD:
         main = METHODS[method].fn(model, pixels, 2)
+        free[method] = main.maps[:, 0]
         out.maps = torch.cat([main.maps, out.maps[:, 2:]], dim=1)
+    return _compare(model, pixels, out, free, compare)
+
+
+def _compare(model, pixels, out: Explanation, free: dict, compare: tuple[str, ...]):
     for name in (get_method(c).name for c in compare):
         out.compare[name] = (
             free[name] if name in free else METHODS[name].fn(model, pixels, 2).maps[:, 0]

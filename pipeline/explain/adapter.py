@@ -143,14 +143,16 @@ def targets(model, emb: torch.Tensor, n: int):
     return emb, distilled, logit, torch.cat([logit[:, None], distilled], dim=1)[:, :n]
 
 
-def grads(tgt: torch.Tensor, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
-    """d tgt[:, j] / d input for every target j: each (J, *input.shape)."""
+def grads(tgt: torch.Tensor, inputs: list[torch.Tensor], keep: bool = False) -> list[torch.Tensor]:
+    """d tgt[:, j] / d input for every target j: each (J, *input.shape). ``keep``: keep the graph
+    for another call."""
     J = tgt.shape[1]
     if J == 1:  # one plain backward pass
-        return [g[None] for g in torch.autograd.grad(tgt[:, 0].sum(), inputs)]
+        return [g[None] for g in torch.autograd.grad(tgt[:, 0].sum(), inputs, retain_graph=keep)]
     eye = torch.eye(J, dtype=tgt.dtype, device=tgt.device)
     grad_out = eye[:, None, :].expand(J, tgt.shape[0], J)  # (J, B, J)
-    return list(torch.autograd.grad(tgt, inputs, grad_out, is_grads_batched=True))
+    return list(torch.autograd.grad(tgt, inputs, grad_out, is_grads_batched=True,
+                                    retain_graph=keep))  # fmt: skip
 
 
 def attention_gradients(model, pixels: torch.Tensor, n_targets: int):

@@ -48,3 +48,46 @@ def chefer_all(model, pixels: torch.Tensor, n_maps: int) -> Explanation:
         R = R + abar @ R
     maps = A.to_maps(model, R[:, :, 0, 1:])
     return Explanation(emb, distilled, logit, maps)
+
+
+def chefer_all_and_last(model, pixels: torch.Tensor, n_maps: int):
+    """``chefer_all``'s fake and real maps and ``chefer_last``'s ``n_maps`` maps (with plain
+    attention) from one forward pass, as ``explain`` stores them by default (issue 10: the two
+    rules each ran their own forward pass, 3.1 passes in all).
+
+    Blocks before the last run with explicit attention (``chefer_all`` needs every block's);
+    the last block runs for the CLS token only, as in ``chefer_last``: the pooled output reads
+    the CLS token alone, so its other rows get no gradient in either rule, and the all-blocks
+    rule's last step only needs the CLS row of R. Then two backward passes over one graph: all
+    targets through the last block (short), the fake logit through every block. The maps equal
+    those of the two functions up to float rounding (tests/pipeline/test_explain.py).
+    Returns (Explanation with ``chefer_last``'s maps and attention, ``chefer_all``'s fake and
+    real maps (B, 2, gh, gw))."""
+    blks = A.blocks(model)
+    with torch.no_grad():
+        x = A.embed_tokens(model, pixels)
+    x.requires_grad_(True)  # a frozen model: the graph must start somewhere
+    probs = []
+    with torch.enable_grad():
+        for blk in blks[:-1]:
+            x, p = A.block_forward(blk, x)
+            probs.append(p)
+        q, k, v = A.qkv(blks[-1], x)
+        last = A.attention_probs(q[:, :, :1], k)  # (B, H, 1, T): the CLS query row
+        probs.append(last)
+        cls = A.finish_block(blks[-1], x, last, v, slice(0, 1))[:, 0]
+        emb, distilled, logit, tgt = A.targets(model, A.pooled(model, cls), n_maps - 1)
+        (g_last,) = A.grads(tgt, [last], keep=True)  # (J, B, H, 1, T)
+        g_all = A.grads(tgt[:, :1], probs)  # per block (1, B, H, t, T)
+    p_last = last.detach()
+    cam = (A.signed(g_last) * p_last).clamp(min=0).mean(dim=2)[:, :, 0, 1:]
+    out = Explanation(emb.detach(), distilled.detach(), logit.detach(), A.to_maps(model, cam),
+                      A.to_map(model, p_last.mean(dim=1)[:, 0, 1:]))  # fmt: skip
+    T = p_last.shape[-1]
+    R = torch.eye(T, device=pixels.device).expand(2, p_last.shape[0], T, T).clone()
+    for g, p in zip(g_all[:-1], probs[:-1]):
+        abar = (A.signed(g) * p.detach()).clamp(min=0).mean(dim=2)  # (2, B, T, T)
+        R = R + abar @ R
+    abar = (A.signed(g_all[-1]) * p_last).clamp(min=0).mean(dim=2)  # (2, B, 1, T)
+    cls_row = R[:, :, 0] + (abar @ R)[:, :, 0]  # the CLS row of R after the last block
+    return out, A.to_maps(model, cls_row[:, :, 1:])

@@ -153,6 +153,25 @@ def test_pipeline_composite_stores_what_it_says(model):
     assert close(ex.compare["rollout"], get_method("rollout").fn(model, x, 2).maps[:, 0])
 
 
+@pytest.mark.parametrize("which", ["plain", "tiled"])
+def test_default_composite_shares_one_forward_and_equals_the_two_rules(model, tiled, which):
+    """The default (chefer_all's fake/real maps, chefer_last's dimension maps) runs one forward
+    pass for both rules (issue 10); every map, the attention and the outputs equal those of the
+    two functions run apart."""
+    m = model if which == "plain" else tiled[0]
+    x = torch.randn(3, 3, m.image_size, m.image_size)
+    ex = explain(m, x, "chefer_all", ("chefer_last", "attention", "chefer_all"))
+    every = get_method("chefer_all").fn(m, x, 2)
+    last = get_method("chefer_last").fn(m, x, N_MAPS)
+    assert ex.maps.shape == (3, N_MAPS, *last.maps.shape[2:])
+    assert close(ex.maps[:, :2], every.maps) and close(ex.maps[:, 2:], last.maps[:, 2:])
+    assert close(ex.compare["chefer_last"], last.maps[:, 0])
+    assert close(ex.compare["attention"], last.attention)
+    assert close(ex.compare["chefer_all"], every.maps[:, 0])
+    assert close(ex.logit, every.logit) and close(ex.distilled, last.distilled)
+    assert close(ex.emb, every.emb) and not x.requires_grad
+
+
 def test_registry_names_and_errors():
     from pipeline.cli import METHOD_HELP
     from pipeline.config import RunConfig
