@@ -42,6 +42,7 @@ class SharedRun:
 @lru_cache(maxsize=4)
 def shared_run(run_dir: str, image_roots: tuple[str, ...] = ()) -> SharedRun:
     points, run = load_points(run_dir)
+    run.relevance.random_access()  # the explorer reads maps a few scattered rows at a time
     dims = points.dims
     frame = pd.DataFrame(
         {

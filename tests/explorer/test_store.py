@@ -152,3 +152,19 @@ def test_first_rows_in_order_equal_a_full_stable_sort(small_run):
         full = s.sorted_rows(rows)
         for limit in (1, 7, 24, len(rows) - 1, len(rows), len(rows) + 5):
             assert np.array_equal(s.sorted_rows(rows, limit), full[:limit]), (order, limit)
+
+
+def test_explorer_reads_maps_without_read_ahead(small_run):
+    """The explorer opens the run's maps for scattered reads (MADV_RANDOM where the platform has
+    it): the same values come back."""
+    from explorer.datastore import shared_run
+    from pipeline.schema import open_run
+
+    run = open_run(str(small_run))
+    parts = np.zeros(5, np.int64)
+    rows = np.array([4, 0, 3, 3, 1])
+    before = run.relevance.take(parts, rows)
+    run.relevance.random_access()
+    assert np.array_equal(run.relevance.take(parts, rows), before)
+    assert np.array_equal(run.relevance.fake_maps(parts, rows), before[:, 0])
+    assert shared_run(str(small_run)).run.relevance._random
