@@ -164,3 +164,28 @@ def spread_radius(img, threshold, max_px):
             break
         px = r
     return px
+
+
+@numba.njit(cache=True, nogil=True)
+def _stamp(x, y, rows, x0, x1, y0, y1, sx, sy, w, h, out):
+    for r in rows:
+        xi, yi = x[r], y[r]
+        ix = w - 1 if xi == x1 else int(np.floor((xi - x0) * sx))
+        iy = h - 1 if yi == y0 else int(np.floor((y1 - yi) * sy))
+        if ix < 0 or ix >= w or iy < 0 or iy >= h:
+            continue
+        for oy in range(max(iy - 1, 0), min(iy + 2, h)):
+            for ox in range(max(ix - 1, 0), min(ix + 2, w)):
+                out[oy, ox] = True
+
+
+def stamp(x, y, rows, viewport, w: int, h: int) -> np.ndarray:
+    """(h, w) bool: the pixels within one pixel of each point of ``rows`` inside ``viewport``
+    (row 0 at the top; a point on the far edge belongs to the last pixel), with the columns'
+    precision (``OverviewView._pixels``' arithmetic)."""
+    t = x.dtype.type
+    x0, x1, y0, y1 = viewport
+    out = np.zeros((h, w), np.bool_)
+    _stamp(x, y, np.asarray(rows, np.int64), t(x0), t(x1), t(y0), t(y1), t(w / (x1 - x0)),
+           t(h / (y1 - y0)), int(w), int(h), out)  # fmt: skip
+    return out

@@ -266,12 +266,9 @@ class OverviewView(pn.viewable.Viewer):
             # a selection (or a highlighted pattern) dims the rest: a white veil over every
             # point that is not in it, the chosen points drawn on top, 3 px wide
             arr[:] = DIM_VEIL
-            iy, ix = self._pixels(rows, x_range, y_range, w, h)
-            on = np.zeros((h + 2, w + 2), bool)
-            for dy in range(3):
-                for dx in range(3):
-                    on[iy + dy, ix + dx] = True
-            arr[on[1:-1, 1:-1]] = (*_hex(color), 255)
+            p = store.points  # one compiled pass (4 M selected points: 0.7 s in numpy)
+            on = kernels.stamp(p.x, p.y, rows, (*x_range, *y_range), w, h)
+            arr[on] = (*_hex(color), 255)
         if located is not None:  # an image clicked in a view: a ring around its point
             iy, ix = self._pixels(np.flatnonzero(store.points.id == located)[:1], x_range,
                                   y_range, w, h)  # fmt: skip

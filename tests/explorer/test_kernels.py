@@ -116,3 +116,22 @@ def test_layers_drawn_together_equal_layers_drawn_alone(small_run):
     assert np.array_equal(composite(alone), composite(together))
     again = ov.layers(specs)
     assert len(calls) == 2 and all(a is b for a, b in zip(again, together))
+
+
+def test_stamp_equals_numpy_three_by_three_stamps():
+    """The selection layer's pixels: each selected point inside the view covers its pixel and
+    the 8 around it (clipped at the frame), exactly as the numpy stamping it replaced."""
+    pts = synthetic(20_000, seed=8)
+    rows = np.flatnonzero(pts.label == 1)
+    x0, x1, y0, y1 = -1.5, 2.0, float(pts.y[rows[3]]), 1.8
+    w, h = 97, 61
+    ix = np.floor((pts.x[rows] - x0) * (w / (x1 - x0))).astype(np.int64)
+    iy = np.floor((y1 - pts.y[rows]) * (h / (y1 - y0))).astype(np.int64)
+    ix[pts.x[rows] == x1], iy[pts.y[rows] == y0] = w - 1, h - 1
+    keep = (ix >= 0) & (ix < w) & (iy >= 0) & (iy < h)
+    on = np.zeros((h + 2, w + 2), bool)
+    for dy in range(3):
+        for dx in range(3):
+            on[iy[keep] + dy, ix[keep] + dx] = True
+    got = kernels.stamp(pts.x, pts.y, rows, (x0, x1, y0, y1), w, h)
+    assert keep.sum() > 100 and np.array_equal(got, on[1:-1, 1:-1])
