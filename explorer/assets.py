@@ -26,23 +26,25 @@ def local_dist_file(url: str) -> Path | None:
     return path
 
 
+def _split(urls) -> tuple[list, list[str]]:
+    """(addresses kept, texts of the files Panel ships) of a list of resource addresses."""
+    kept, texts = [], []
+    for url in urls:
+        path = local_dist_file(url)
+        if path is None:
+            kept.append(url)
+        else:
+            texts.append(path.read_text(encoding="utf-8"))
+    return kept, texts
+
+
 def inline_cdn_files(bundle):
     """``bundle`` (a Bokeh/Panel resource Bundle) with every CDN file that Panel ships moved
     from its address lists to its inline lists; other addresses stay as they are."""
-    js_files, css_files = [], []
-    for url in bundle.js_files:
-        path = local_dist_file(url)
-        if path is None:
-            js_files.append(url)
-        else:
-            bundle.js_raw.append(path.read_text(encoding="utf-8"))
-    for url in bundle.css_files:
-        path = local_dist_file(url)
-        if path is None:
-            css_files.append(url)
-        else:
-            bundle.css_raw.append(path.read_text(encoding="utf-8"))
-    bundle.js_files, bundle.css_files = js_files, css_files
+    bundle.js_files, js = _split(bundle.js_files)
+    bundle.css_files, css = _split(bundle.css_files)
+    bundle.js_raw.extend(js)
+    bundle.css_raw.extend(css)
     return bundle
 
 
