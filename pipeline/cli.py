@@ -442,10 +442,11 @@ def main(argv: list[str] | None = None) -> int:
     a = parser.parse_args(argv)
     debug = getattr(a, "debug", False)
     log = logging.getLogger("pipeline")
+    stream_handler = None
     if not getattr(a, "quiet", True):  # progress such as epoch losses, on stderr
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("[asap] %(message)s"))
-        log.addHandler(handler)
+        stream_handler = logging.StreamHandler()
+        stream_handler.setFormatter(logging.Formatter("[asap] %(message)s"))
+        log.addHandler(stream_handler)
         log.setLevel(logging.INFO)
     file_handler = None
 
@@ -513,10 +514,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"asap: internal error: {type(e).__name__}: {e}{where}; rerun with --debug for the "
               "traceback, and report it if it is a bug", file=sys.stderr)  # fmt: skip
         return 3
-    finally:
+    finally:  # main() may run again in this process (tests, notebooks): leave no handlers
         if file_handler is not None:
             log.removeHandler(file_handler)
             file_handler.close()
+        if stream_handler is not None:
+            log.removeHandler(stream_handler)
     return 0
 
 

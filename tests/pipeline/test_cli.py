@@ -239,3 +239,17 @@ def test_a_run_made_before_a_new_training_setting_still_resumes(tmp_path):
 
     with pytest.raises(RunDirectoryError, match="train"):
         runner._init_meta(replace(cfg, train=TrainConfig(train_limit=10)), RunPaths(out), False)
+
+
+def test_main_leaves_no_log_handlers_behind(tmp_path, capsys):
+    """main() may run many times in one process (tests, a notebook): a handler left on a stream
+    that was since closed made a later run's log record fail with a traceback on stderr."""
+    import logging
+
+    log = logging.getLogger("pipeline")
+    before = list(log.handlers)
+    assert cli.main(["run", str(tmp_path / "missing"), "--out", str(tmp_path / "r")]) == 2
+    assert cli.main(["run", str(tmp_path / "missing"), "--out", str(tmp_path / "r"),
+                     "--patience", "0"]) == 2  # fmt: skip
+    assert log.handlers == before
+    capsys.readouterr()
