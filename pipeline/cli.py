@@ -129,6 +129,11 @@ def _add_run(sub) -> None:
                    help="share of each batch's real images added again as self-blended fakes "
                    "(one random local trace, its patches supervised) when the tower trains from "
                    "scratch; 0: off (default: %(default)s)")  # fmt: skip
+    t.add_argument("--calibration", choices=("platt", "temperature"), default="platt",
+                   help="how p(fake) is calibrated on the val split: a temperature and a shift "
+                   "of the logit (Platt scaling), or the temperature alone, which leaves the "
+                   "operating point p = 0.5 where training put it (default: "
+                   "%(default)s)")  # fmt: skip
     t.add_argument("--train-batch-size", type=int, default=TrainConfig.batch_size)
     r = p.add_argument_group("pipeline")
     r.add_argument("--partition-size", type=int, default=512, help="images per Dask task/file")
@@ -267,6 +272,7 @@ def build_config(a: argparse.Namespace) -> RunConfig:
             lr=a.lr,
             patch_loss=a.patch_loss,
             selfblend=a.selfblend,
+            calibrate_shift=a.calibration == "platt",
             batch_size=a.train_batch_size,
             train_limit=a.train_limit,
             seed=a.seed,

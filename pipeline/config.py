@@ -89,6 +89,10 @@ class TrainConfig:
     # local trace, labelled fake, its patches labelled by the patch loss; pipeline/selfblend.py)
     # when the tower trains from scratch. 0 turns it off.
     selfblend: float = 0.5
+    # Platt scaling: fit a shift of the logit beside its temperature on the val split, so that
+    # p(fake) = 0.5 is where val says fake and real are equally likely (pipeline.train.
+    # fit_calibration); off: the temperature alone, the operating point where training left it
+    calibrate_shift: bool = True
 
     def __post_init__(self):
         if self.epochs < 1 or self.patience < 1 or self.batch_size < 1:

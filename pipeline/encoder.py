@@ -105,8 +105,10 @@ class ASAPEncoder(nn.Module):
         nn.init.orthogonal_(self.text_projection.weight)
         self.distiller = nn.Linear(cfg.proj_dim, cfg.distilled_dim)
         self.head = nn.Linear(cfg.distilled_dim, 1)
-        # Temperature for calibrated p(fake) = sigmoid(logit / T), fitted on the val split.
+        # Platt scaling of p(fake) = sigmoid(logit / T + shift), both fitted on the val split
+        # (pipeline.train.fit_calibration); checkpoints from before the shift load with 0.
         self.register_buffer("temperature", torch.ones(()))
+        self.register_buffer("logit_shift", torch.zeros(()))
 
     @property
     def tower_size(self) -> int:
@@ -200,7 +202,8 @@ class ASAPEncoder(nn.Module):
 
     def p_fake(self, logit: torch.Tensor) -> torch.Tensor:
         # The temperature lives with the model (maybe on a GPU); the logit may come back on the CPU.
-        return torch.sigmoid(logit / self.temperature.to(logit.device))
+        t, b = self.temperature.to(logit.device), self.logit_shift.to(logit.device)
+        return torch.sigmoid(logit / t + b)
 
     def orthogonality_penalty(self) -> torch.Tensor:
         w = self.text_projection.weight  # (P, E)
@@ -403,7 +406,10 @@ def load_encoder(path: str | Path, device: str = "cpu") -> ASAPEncoder:
     cfg = _config_of(blob)
     visual, embed_dim, _ = _build_visual(cfg, load_weights=False, cache_dir=None)
     model = ASAPEncoder(visual, embed_dim, cfg, blob["preprocess"])
-    model.load_state_dict(blob["state_dict"])
+    state = blob["state_dict"]
+    if "logit_shift" not in state:  # saved before Platt's shift existed: p(fake) as it was
+        state = {**state, "logit_shift": torch.zeros(())}
+    model.load_state_dict(state)
     return model.to(device).eval()
 
 

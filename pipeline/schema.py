@@ -83,7 +83,7 @@ PART_FEATURE_COLUMNS = {
     "id": "int64",
     **{c: "float32" for c in DISTILLED_COLUMNS},
     "logit": "float32",
-    "p_fake": "float32",  # temperature-calibrated probability of "fake"
+    "p_fake": "float32",  # calibrated probability of "fake" (Platt: temperature + shift)
     "pred": "int8",
     "part": "int32",  # partition number
     "row": "int32",  # row inside the partition's relevance array

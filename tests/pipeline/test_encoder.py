@@ -19,7 +19,7 @@ from pipeline.encoder import (
     patch_energy,
     save_encoder,
 )
-from tests.conftest import TINY
+from tests.conftest import GOLDEN, TINY
 
 
 def test_forward_shapes_and_orthogonal_projection():
@@ -46,6 +46,22 @@ def test_save_load_round_trip(tmp_path, stem):
     for a, b in zip(model(x), loaded(x)):
         assert torch.equal(a, b)
     assert float(loaded.temperature) == 2.5
+    model.logit_shift.fill_(-0.75)
+    save_encoder(model, tmp_path / "shifted.pt")
+    loaded = load_encoder(tmp_path / "shifted.pt")
+    logit = torch.tensor([-2.0, 0.0, 1.875])
+    assert torch.equal(loaded.p_fake(logit), torch.sigmoid(logit / 2.5 - 0.75))
+
+
+def test_checkpoint_from_before_the_logit_shift_loads_with_p_fake_unchanged(tmp_path):
+    """Checkpoints saved before Platt's shift (the committed demo encoder, the golden fixture)
+    have no ``logit_shift``: they load, and p(fake) is sigmoid(logit / T) as before."""
+    blob = torch.load(GOLDEN, map_location="cpu", weights_only=False)
+    assert "logit_shift" not in blob["state_dict"]
+    model = load_encoder(GOLDEN)
+    logit = torch.linspace(-6, 6, 13)
+    assert float(model.logit_shift) == 0.0
+    assert torch.equal(model.p_fake(logit), torch.sigmoid(logit / model.temperature))
 
 
 def test_default_stems_and_the_energy_stems_refused_on_a_pretrained_tower():

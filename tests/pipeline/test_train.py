@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from pipeline.config import TrainConfig
-from pipeline.train import LOG_T_RANGE, EarlyStopping, fit_temperature
+from pipeline.train import LOG_T_RANGE, EarlyStopping, fit_calibration, fit_temperature
 
 
 def test_early_stopping_keeps_the_best_and_stops_after_patience():
@@ -46,6 +46,36 @@ def test_temperature_fit_stays_finite_on_a_separated_split():
     p = 1 / (1 + np.exp(-z / t))
     assert t > 1 and p.max() < 0.9999 and p.min() > 1e-4
     assert ((p >= 0.5) == y).all()
+
+
+@pytest.mark.parametrize("t_true,b_true", [(0.3, 0.0), (2.0, 1.5), (0.05, -2.0)])
+def test_platt_fit_recovers_a_known_temperature_and_shift(t_true, b_true):
+    """Logits whose calibrated value is logit / T + b: the fit finds both, where the
+    temperature alone cannot absorb the shift."""
+    rng = np.random.default_rng(1)
+    s = rng.normal(0, 3, 20000)
+    y = (rng.random(len(s)) < 1 / (1 + np.exp(-s))).astype(np.float64)
+    z = (s - b_true) * t_true
+    t, b = fit_calibration(z, y)
+    assert math.isclose(t, t_true, rel_tol=0.1), t
+    assert abs(b - b_true) < 0.15, b
+
+    def nll(t, b):
+        p = np.clip(1 / (1 + np.exp(-(z / t + b))), 1e-12, 1 - 1e-12)
+        return -(y * np.log(p) + (1 - y) * np.log(1 - p)).mean()
+
+    assert nll(t, b) <= nll(fit_temperature(z, y), 0.0) + 1e-9
+
+
+def test_platt_fit_on_a_separated_split_and_degenerate_inputs():
+    z = np.concatenate([np.linspace(5, 30, 50), -np.linspace(5, 30, 50)])
+    y = np.array([1] * 50 + [0] * 50)
+    t, b = fit_calibration(z, y)
+    p = 1 / (1 + np.exp(-(z / t + b)))
+    assert np.isfinite(t) and t > 0 and abs(b) < 1.0
+    assert ((p >= 0.5) == y).all() and p.max() < 0.9999 and p.min() > 1e-4
+    assert fit_calibration(np.zeros(0), np.zeros(0)) == (1.0, 0.0)
+    assert fit_calibration(np.ones(5), np.ones(5)) == (1.0, 0.0)
 
 
 def test_temperature_fit_degenerate_inputs():
@@ -96,7 +126,10 @@ def test_training_stops_early_and_keeps_the_best_epoch(tmp_path):
     y = torch.as_tensor(val["label"].to_numpy(), dtype=torch.float32)
     loss = float(torch.nn.functional.binary_cross_entropy_with_logits(logit, y))
     assert math.isclose(loss, hist[best], rel_tol=1e-4), (loss, hist)
-    assert info["temperature"] > 0
+    # the calibration is the Platt fit of these val logits, stored in the model
+    t, b = fit_calibration(logit.numpy(), val["label"].to_numpy())
+    assert info["temperature"] == pytest.approx(t, rel=1e-4) == float(model.temperature)
+    assert info["logit_shift"] == pytest.approx(b, abs=1e-4) == float(model.logit_shift)
 
 
 def test_capped_sample_keeps_label_shares_and_is_reproducible():
