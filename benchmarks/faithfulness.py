@@ -42,13 +42,13 @@ import torch
 
 from pipeline import ingest
 from pipeline.config import STEMS, EncoderConfig, TrainConfig
-from pipeline.encoder import create_encoder, load_encoder
+from pipeline.encoder import create_encoder, load_encoder, save_encoder
 from pipeline.explain import DEFAULT_METHOD, METHODS
 from pipeline.explain import adapter as A
 from pipeline.imageio import load_for_model, normalize
 from pipeline.perturb import curve_area, order_by, perturbation_curves
 from pipeline.synthetic import SUITE_FAMILIES, make_suite, peak_on_artifact
-from pipeline.train import train_encoder
+from pipeline.train import fit_calibration, train_encoder
 
 
 def _pixels(model, paths) -> torch.Tensor:
@@ -124,16 +124,30 @@ def suite_seed(args, seed: int, methods: list[str]) -> dict:
             ingest.inspect_candidates(ingest.discover(Path(tmp) / "imgs"), 10**8, 8)[0]
         )
         images["path"] = images["path_bytes"].map(bytes.decode)
-        images = images.merge(truth[["path", "family"]], on="path")
+        images = images.merge(truth[["path", "family", "base"]], on="path")
         torch.manual_seed(seed)
         if args.encoder:
-            model, info = load_encoder(args.encoder), {}
+            src = Path(args.encoder)  # a file, or a --keep folder (that seed's encoder)
+            src = src / f"seed-{seed}.pt" if src.is_dir() else src
+            model = load_encoder(src)
+            info = torch.load(src, map_location="cpu", weights_only=False).get("extra", {})
+            if args.recalibrate:  # today's calibration fit on this suite's val split
+                val = images[(images["split"] == "val") & (images["duplicate_of"] < 0)]
+                with torch.no_grad():
+                    z = model(_pixels(model, val["path_bytes"].tolist()))[2].numpy()
+                t, shift = fit_calibration(z, val["label"].to_numpy())
+                model.temperature.fill_(t)
+                model.logit_shift.fill_(shift)
+                info = {**info, "temperature": t, "logit_shift": shift}
         else:
             model = create_encoder(
                 EncoderConfig(model_name=args.model, stem=args.stem, tiles=args.tiles)
             )
             tcfg = TrainConfig(epochs=args.epochs, seed=seed, selfblend=args.selfblend)
             info = train_encoder(model, images, tcfg)
+            if args.keep:  # re-score later with --encoder DIR/seed-S.pt (same suite per seed)
+                Path(args.keep).mkdir(parents=True, exist_ok=True)
+                save_encoder(model, Path(args.keep) / f"seed-{seed}.pt", extra=info)
         model.eval()
         held = images[(images["split"] != "train") & (images["duplicate_of"] < 0)]
         pixels = _pixels(model, held["path_bytes"].tolist())
@@ -141,6 +155,7 @@ def suite_seed(args, seed: int, methods: list[str]) -> dict:
             p = model.p_fake(model(pixels)[2]).numpy()
         lab = held["label"].to_numpy()
         fam = held["family"].to_numpy()
+        base = held["base"].to_numpy()
         det = (lab == 1) & (p >= 0.5)
         if det.sum() < 2:  # an untrained smoke run (--quick): score every fake, and say so
             print(f"seed {seed}: WARNING: the detector found {det.sum()} held-out fakes; scoring "
@@ -151,11 +166,19 @@ def suite_seed(args, seed: int, methods: list[str]) -> dict:
                "_auc": {f: _auc(p[fam == f], p[real]) for f in SUITE_FAMILIES},
                "_real_flagged": float((p[real] >= 0.5).mean()),
                "_acc": float(((p >= 0.5) == lab).mean()),
-               "_epochs": info.get("epochs_run"), "_T": info.get("temperature")}  # fmt: skip
+               "_epochs": info.get("epochs_run"), "_T": info.get("temperature"),
+               "_shift": info.get("logit_shift", 0.0)}  # fmt: skip
+        res["_base"] = {  # the same figures per base (smooth textures, photographs)
+            b: {"auc": {f: _auc(p[(fam == f) & (base == b)], p[real & (base == b)])
+                        for f in SUITE_FAMILIES},
+                "detect": float((p[(lab == 1) & (base == b)] >= 0.5).mean()),
+                "flagged": float((p[real & (base == b)] >= 0.5).mean())}
+            for b in dict.fromkeys(base)
+        }  # fmt: skip
         mk = np.stack([masks[path] for path in held["path"][det]])
         scores = score_methods(model, pixels[torch.as_tensor(det)], methods, args.batch,
                                args.steps, seed)  # fmt: skip
-        fam_det = fam[det]
+        fam_det, base_det = fam[det], base[det]
         gh = A.grid(model)[0]
         res["_chance"] = float(np.mean([
             peak_on_artifact(np.eye(gh * gh)[i].reshape(1, gh, gh).repeat(len(mk), 0), mk).mean()
@@ -168,6 +191,8 @@ def suite_seed(args, seed: int, methods: list[str]) -> dict:
                  "insertion": float(s["insertion"].mean())}  # fmt: skip
             r.update({f"point_{f}": float(hit[fam_det == f].mean()) if (fam_det == f).any()
                       else float("nan") for f in SUITE_FAMILIES})  # fmt: skip
+            r.update({f"point_{b}": float(hit[base_det == b].mean()) if (base_det == b).any()
+                      else float("nan") for b in res["_base"]})  # fmt: skip
             r["vs_random"], r["vs_random_se"] = paired(s["deletion"], scores["random"]["deletion"])
             if "attention" in scores:
                 r["vs_attention"], r["vs_attention_se"] = paired(
@@ -262,7 +287,18 @@ def main() -> None:
                     help="share of real images added as self-blended copies")  # fmt: skip
     ap.add_argument("--stem", default=None, choices=STEMS, help="the detector's stem (default: "
                     "the default for a tower trained from scratch)")  # fmt: skip
-    ap.add_argument("--encoder", default=None, help="score this encoder instead of training")
+    ap.add_argument(
+        "--encoder",
+        default=None,
+        help="score this encoder (a file, or a --keep folder) instead of training",
+    )
+    ap.add_argument(
+        "--recalibrate",
+        action="store_true",
+        help="with --encoder: fit p(fake)'s "
+        "temperature and shift again on the suite's val split (today's calibration)",
+    )
+    ap.add_argument("--keep", default=None, help="save each seed's trained encoder in this folder")
     ap.add_argument("--size", type=int, default=64, help="side of the suite's images in pixels")
     ap.add_argument("--tiles", type=int, default=1, help="the detector's tiles per side (asap run "
                     "--tiles): --size 128 --tiles 2 sees the images at native resolution, "
@@ -307,13 +343,19 @@ def main() -> None:
 def suite_table(args, seeds: list[dict], methods: list[str]) -> None:
     for s, r in zip(args.seeds, seeds):
         print(f"seed {s}: held-out accuracy {r['_acc']:.3f}, detected fakes {r['_n_detected']}, "
-              f"epochs {r['_epochs']}, T {r['_T']}, detection "
+              f"epochs {r['_epochs']}, T {r['_T'] or float('nan'):.3f}, "
+              f"shift {r['_shift'] or 0.0:+.3f}, detection "
               + " ".join(f"{f} {v:.2f}" for f, v in r["_detect"].items())
               + f"; reals flagged {r['_real_flagged']:.2f}; AUC vs reals "
               + " ".join(f"{f} {v:.3f}" for f, v in r["_auc"].items()))  # fmt: skip
+        for b, v in r["_base"].items():
+            print(f"  {b}: fakes detected {v['detect']:.2f}, reals flagged {v['flagged']:.2f}, "
+                  "AUC " + " ".join(f"{f} {a:.3f}" for f, a in v["auc"].items()))  # fmt: skip
     print(f"\nplanted suite: {len(args.seeds)} seed(s), mean ± sd over seeds; pointing chance "
           f"{_ms([r['_chance'] for r in seeds])}")  # fmt: skip
-    cols = ["pointing", *[f"point_{f}" for f in SUITE_FAMILIES], "deletion", "insertion",
+    bases = list(seeds[0]["_base"])
+    cols = ["pointing", *[f"point_{f}" for f in SUITE_FAMILIES],
+            *[f"point_{b}" for b in bases], "deletion", "insertion",
             "vs_random", "vs_attention", "occlusion_rho", "cost"]  # fmt: skip
     print("| method | " + " | ".join(cols) + " |")
     print("|" + " --- |" * (len(cols) + 1))
