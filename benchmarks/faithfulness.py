@@ -101,6 +101,9 @@ def score_methods(model, pixels, methods, batch: int, steps: int, seed: int) -> 
     return out
 
 
+SURE = 0.9  # p(fake) from which a detection counts as confident in the per-band figures
+
+
 def _auc(pos: np.ndarray, neg: np.ndarray) -> float:
     """ROC-AUC of scores ``pos`` (fakes) against ``neg`` (reals)."""
     from sklearn.metrics import roc_auc_score
@@ -179,6 +182,7 @@ def suite_seed(args, seed: int, methods: list[str]) -> dict:
         scores = score_methods(model, pixels[torch.as_tensor(det)], methods, args.batch,
                                args.steps, seed)  # fmt: skip
         fam_det, base_det = fam[det], base[det]
+        sure = p[det] >= SURE  # confident detections, and the rest (0.5 <= p(fake) < SURE)
         gh = A.grid(model)[0]
         res["_chance"] = float(np.mean([
             peak_on_artifact(np.eye(gh * gh)[i].reshape(1, gh, gh).repeat(len(mk), 0), mk).mean()
@@ -193,6 +197,12 @@ def suite_seed(args, seed: int, methods: list[str]) -> dict:
                       else float("nan") for f in SUITE_FAMILIES})  # fmt: skip
             r.update({f"point_{b}": float(hit[base_det == b].mean()) if (base_det == b).any()
                       else float("nan") for b in res["_base"]})  # fmt: skip
+            for band, sel in (("sure", sure), ("unsure", ~sure)):
+                r[f"point_{band}"] = float(hit[sel].mean()) if sel.any() else float("nan")
+                r[f"vs_random_{band}"] = (
+                    paired(s["deletion"][sel], scores["random"]["deletion"][sel])[0]
+                    if sel.sum() > 1 else float("nan")
+                )  # fmt: skip
             r["vs_random"], r["vs_random_se"] = paired(s["deletion"], scores["random"]["deletion"])
             if "attention" in scores:
                 r["vs_attention"], r["vs_attention_se"] = paired(
@@ -204,6 +214,7 @@ def suite_seed(args, seed: int, methods: list[str]) -> dict:
             )
             res[name] = r
         res["_n_detected"] = int(det.sum())
+        res["_n_sure"] = int(sure.sum())
         return res
 
 
@@ -352,11 +363,14 @@ def suite_table(args, seeds: list[dict], methods: list[str]) -> None:
             print(f"  {b}: fakes detected {v['detect']:.2f}, reals flagged {v['flagged']:.2f}, "
                   "AUC " + " ".join(f"{f} {a:.3f}" for f, a in v["auc"].items()))  # fmt: skip
     print(f"\nplanted suite: {len(args.seeds)} seed(s), mean ± sd over seeds; pointing chance "
-          f"{_ms([r['_chance'] for r in seeds])}")  # fmt: skip
+          f"{_ms([r['_chance'] for r in seeds])}; detected fakes "
+          f"{_ms([r['_n_detected'] for r in seeds])}, of them p(fake) >= {SURE} (sure) "
+          f"{_ms([r['_n_sure'] for r in seeds])}")  # fmt: skip
     bases = list(seeds[0]["_base"])
     cols = ["pointing", *[f"point_{f}" for f in SUITE_FAMILIES],
-            *[f"point_{b}" for b in bases], "deletion", "insertion",
-            "vs_random", "vs_attention", "occlusion_rho", "cost"]  # fmt: skip
+            *[f"point_{b}" for b in bases], "point_sure", "point_unsure", "deletion", "insertion",
+            "vs_random", "vs_random_sure", "vs_random_unsure", "vs_attention", "occlusion_rho",
+            "cost"]  # fmt: skip
     print("| method | " + " | ".join(cols) + " |")
     print("|" + " --- |" * (len(cols) + 1))
     for name in [*methods, "random"]:

@@ -4,7 +4,7 @@ exemplars, and how faithful the run's relevance maps measured (deletion/insertio
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -87,6 +87,7 @@ class Difference:
     se: float  # standard error over images
     lo: float  # 95% bootstrap interval
     hi: float
+    images: int = 0  # paired images
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,8 @@ class MethodFaithfulness:
     insertion: float  # mean area as they are revealed on a blurred image; higher = faithful
     vs_random: Difference | None  # None when not measurable (same order, < 2 paired images)
     vs_attention: Difference | None
+    # vs_random split by the detector's confidence: "sure" (p(fake) >= SURE_P_FAKE), "unsure"
+    vs_random_by_confidence: dict[str, Difference | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -137,10 +140,13 @@ def _faithfulness(path: str, mtime_ns: int, run_method: str) -> Faithfulness:
     return Faithfulness(run_method, {m: _method(m, v) for m, v in summary.items()})
 
 
+def _difference(d: dict | None) -> Difference | None:
+    return None if d is None else Difference(d["mean"], d["se"], d["lo"], d["hi"], d["images"])
+
+
 def _method(name: str, v: dict) -> MethodFaithfulness:
     """One entry of faithfulness_summary's dict as a MethodFaithfulness."""
-    vs = {
-        k: None if v[k] is None else Difference(v[k]["mean"], v[k]["se"], v[k]["lo"], v[k]["hi"])
-        for k in ("vs_random", "vs_attention")
-    }
-    return MethodFaithfulness(name, v["images"], v["deletion"], v["insertion"], **vs)
+    bands = {b: _difference(d) for b, d in v.get("vs_random_by_confidence", {}).items()}
+    return MethodFaithfulness(name, v["images"], v["deletion"], v["insertion"],
+                              _difference(v["vs_random"]), _difference(v["vs_attention"]),
+                              bands)  # fmt: skip

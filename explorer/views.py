@@ -16,6 +16,7 @@ import panel as pn
 import param
 from panel.custom import JSComponent
 
+from pipeline.metrics import SURE_P_FAKE
 from pipeline.schema import DISTILLED_COLUMNS, LABEL_NAMES, MAP_NAMES
 
 from . import patterns as pat
@@ -209,7 +210,23 @@ def faithfulness_note(store: DataStore) -> str:
         f"**Fake map by {method}** — deletion area {_num(m.deletion)} "
         f"{_versus(m.vs_random, faith.random, 'random')} and {attention}; lower = more "
         f"faithful (removing the map's top patches lowers p(fake) sooner); measured on "
-        f"{m.images:,} images of the run (not only the selection)."
+        f"{m.images:,} images of the run (not only the selection).{_by_confidence(m)}"
+    )
+
+
+def _by_confidence(m: MethodFaithfulness) -> str:
+    """' By confidence: p(fake) ≥ 0.9, 96 images: Δ −0.44 [−0.47…−0.41] vs random; …'."""
+    bands = {"sure": f"p(fake) \u2265 {SURE_P_FAKE:g}", "unsure": f"p(fake) < {SURE_P_FAKE:g}"}
+    parts = [
+        f"{label}, {d.images:,} images: \u0394 {_num(d.mean, '+')} [{_num(d.lo)}\u2026{_num(d.hi)}]"
+        for band, label in bands.items()
+        if (d := m.vs_random_by_confidence.get(band)) is not None
+    ]
+    if not parts:
+        return ""
+    return (
+        f" By the detector's confidence, vs random: {'; '.join(parts)} — a map explains an "
+        "unsure detection less well when its \u0394 is closer to 0."
     )
 
 

@@ -49,25 +49,36 @@ def detection_metrics(df: pd.DataFrame) -> dict:
     return out
 
 
+# p(fake) from which a detection counts as confident when faithfulness is split by confidence:
+# on the planted suite the maps of confident detections pointed at the trace far more often than
+# those of detections between 0.5 and this (benchmarks/faithfulness.py, README)
+SURE_P_FAKE = 0.9
+
+
 def faithfulness_summary(faith: pd.DataFrame, method: str, n_boot: int = 1000) -> dict:
-    """Per method of a long faithfulness table (id, method, deletion_auc, insertion_auc): mean
-    areas, and the paired difference of deletion areas against the random order and against
-    plain attention (negative = the map finds the evidence sooner), each with its standard error
-    and 95% bootstrap interval over images. ``method`` (the run's) is listed first."""
+    """Per method of a long faithfulness table (id, method, p_fake, deletion_auc,
+    insertion_auc): mean areas, and the paired difference of deletion areas against the random
+    order and against plain attention (negative = the map finds the evidence sooner), each with
+    its number of images, standard error and 95% bootstrap interval over images; the difference
+    against random also split by the detector's confidence ("sure": p(fake) >= SURE_P_FAKE,
+    "unsure": below). ``method`` (the run's) is listed first."""
     wide = faith.pivot_table(index="id", columns="method", values="deletion_auc")
     ins = faith.pivot_table(index="id", columns="method", values="insertion_auc")
+    p_fake = faith.groupby("id")["p_fake"].first().reindex(wide.index)
+    bands = {"sure": p_fake >= SURE_P_FAKE, "unsure": p_fake < SURE_P_FAKE}
     rng = np.random.default_rng(0)
 
-    def paired(a: str, b: str) -> dict | None:
+    def paired(a: str, b: str, rows=None) -> dict | None:
         if a not in wide or b not in wide or a == b:
             return None
-        d = (wide[a] - wide[b]).dropna().to_numpy(np.float64)
+        d = wide[a] - wide[b]
+        d = (d if rows is None else d[rows]).dropna().to_numpy(np.float64)
         if len(d) < 2:
             return None
         boot = d[rng.integers(0, len(d), size=(n_boot, len(d)))].mean(axis=1)
         se = float(d.std(ddof=1) / np.sqrt(len(d)))
         lo, hi = (float(v) for v in np.percentile(boot, [2.5, 97.5]))
-        return {"mean": float(d.mean()), "se": se, "lo": lo, "hi": hi}
+        return {"mean": float(d.mean()), "se": se, "lo": lo, "hi": hi, "images": len(d)}
 
     order = [method, *sorted(c for c in wide.columns if c != method)]
     out = {}
@@ -80,5 +91,6 @@ def faithfulness_summary(faith: pd.DataFrame, method: str, n_boot: int = 1000) -
             "insertion": float(ins[m].mean()),
             "vs_random": paired(m, "random"),
             "vs_attention": paired(m, "attention"),
+            "vs_random_by_confidence": {b: paired(m, "random", r) for b, r in bands.items()},
         }
     return out

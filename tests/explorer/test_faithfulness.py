@@ -58,6 +58,7 @@ def write_faithfulness(run_dir, n: int = 40, seed: int = 0) -> pd.DataFrame:
     ids = run.images["id"].to_numpy()[:n]
     rng = np.random.default_rng(seed)
     base = rng.uniform(0.4, 0.7, n)  # how hard each image is, shared by all orders
+    p_fake = rng.uniform(0.5, 1.0, n)  # each image's score, the same in every order's rows
     orders = [*run.relevance.methods, RANDOM_ORDER]
     shift = {m: -0.25 + 0.08 * i for i, m in enumerate(run.relevance.methods)}
     shift[RANDOM_ORDER] = 0.0
@@ -66,7 +67,7 @@ def write_faithfulness(run_dir, n: int = 40, seed: int = 0) -> pd.DataFrame:
             {
                 "id": ids,
                 "method": m,
-                "p_fake": rng.uniform(0.5, 1.0, n),
+                "p_fake": p_fake,
                 "deletion_auc": base + shift[m] + rng.normal(0, 0.05, n),
                 "insertion_auc": 1 - base - shift[m] + rng.normal(0, 0.05, n),
             }
@@ -115,6 +116,15 @@ def test_faithfulness_is_shown_next_to_the_maps(small_run, tmp_path, make_app):
         assert area == round(summary[other]["deletion"], 2)
         assert (delta, lo, hi) == tuple(round(d[k], 2) for k in ("mean", "lo", "hi"))
         assert d["hi"] < 0 and "more faithful" in text  # the planted maps beat both
+    # split by the detector's confidence, with each band's number of images
+    for band, label in (("sure", "p(fake) \u2265 0.9"), ("unsure", "p(fake) < 0.9")):
+        d = want["vs_random_by_confidence"][band]
+        assert (
+            f"{label}, {d['images']} images: \u0394 {d['mean']:+.2f}".replace("-", MINUS) in text
+        ), (band, text)
+    n_sure = int((faith.groupby("id")["p_fake"].first() >= 0.9).sum())
+    assert want["vs_random_by_confidence"]["sure"]["images"] == n_sure
+    assert want["vs_random_by_confidence"]["unsure"]["images"] == 40 - n_sure
     # the typed accessor carries faithfulness_summary's numbers unchanged
     from explorer.patterns import load_faithfulness
 

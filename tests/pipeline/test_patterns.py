@@ -146,3 +146,26 @@ def test_faithfulness_sample_is_bounded_per_run():
         shares = [faith_quota(total, parts, i) for i in range(parts)]
         assert sum(shares) == total and max(shares) - min(shares) <= 1
     assert faith_quota(128, 4, 0) == 32
+
+
+def test_faithfulness_summary_splits_the_difference_by_confidence():
+    """Maps that find the evidence of confident detections (p(fake) >= 0.9) but not of unsure
+    ones: the split shows it, with each band's image count; the whole mixes the two."""
+    import pandas as pd
+
+    from pipeline.metrics import SURE_P_FAKE, faithfulness_summary
+
+    rng = np.random.default_rng(3)
+    n = 60
+    p = np.r_[rng.uniform(SURE_P_FAKE, 1.0, 25), rng.uniform(0.5, SURE_P_FAKE - 1e-3, 35)]
+    base = rng.uniform(0.5, 0.8, n)
+    gain = np.where(p >= SURE_P_FAKE, -0.4, 0.0)
+    rows = [pd.DataFrame({"id": np.arange(n), "method": m, "p_fake": p,
+                          "deletion_auc": base + g + rng.normal(0, 0.01, n),
+                          "insertion_auc": 1 - base})
+            for m, g in (("chefer_all", gain), ("random", 0.0))]  # fmt: skip
+    s = faithfulness_summary(pd.concat(rows), "chefer_all")["chefer_all"]
+    sure, unsure = (s["vs_random_by_confidence"][b] for b in ("sure", "unsure"))
+    assert (sure["images"], unsure["images"], s["vs_random"]["images"]) == (25, 35, 60)
+    assert sure["hi"] < -0.35 and unsure["lo"] < 0 < unsure["hi"]
+    assert sure["mean"] < s["vs_random"]["mean"] < unsure["mean"]
