@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +26,9 @@ KERNEL = "() => window.jupyterapp?.shell.currentWidget?.sessionContext?.session?
 @pytest.fixture(scope="module")
 def lab(patterned_run, tmp_path_factory):
     home = tmp_path_factory.mktemp("jupyter")
+    root = home / "lab"  # a copy: running the notebook writes selection.csv and checkpoints beside it
+    (root / "notebooks").mkdir(parents=True)
+    shutil.copy(REPO / "notebooks" / "explore.ipynb", root / "notebooks")
     port = free_port()
     env = dict(os.environ, ASAP_RUN=str(patterned_run[0]),
                JUPYTER_CONFIG_DIR=str(home / "config"), JUPYTER_RUNTIME_DIR=str(home / "runtime"),
@@ -32,7 +36,7 @@ def lab(patterned_run, tmp_path_factory):
     cmd = [str(Path(sys.executable).parent / "jupyter"), "lab", "--no-browser", f"--port={port}",
            "--ServerApp.ip=127.0.0.1", "--allow-root", "--IdentityProvider.token=",
            "--ServerApp.password=", "--LabApp.expose_app_in_browser=True",
-           "--LabApp.news_url=None", f"--ServerApp.root_dir={REPO}",
+           "--LabApp.news_url=None", f"--ServerApp.root_dir={root}",
            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]  # fmt: skip
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)  # fmt: skip
