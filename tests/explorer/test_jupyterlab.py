@@ -26,7 +26,7 @@ KERNEL = "() => window.jupyterapp?.shell.currentWidget?.sessionContext?.session?
 @pytest.fixture(scope="module")
 def lab(patterned_run, tmp_path_factory):
     home = tmp_path_factory.mktemp("jupyter")
-    root = home / "lab"  # a copy: running the notebook writes selection.csv and checkpoints beside it
+    root = home / "lab"  # a copy: the notebook writes selection.csv and checkpoints beside it
     (root / "notebooks").mkdir(parents=True)
     shutil.copy(REPO / "notebooks" / "explore.ipynb", root / "notebooks")
     port = free_port()
