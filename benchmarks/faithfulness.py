@@ -25,7 +25,9 @@ for the default method (pipeline.explain.DEFAULT_METHOD), averaged over seeds, w
 pointing share on detected fakes over all families.
 
     python benchmarks/faithfulness.py --quick               # one seed, small suite (~2 min)
-    python benchmarks/faithfulness.py --seeds 0 1 2         # the README's table (~25 min, 2 cores)
+    python benchmarks/faithfulness.py --seeds 0 1 2 3 4 --epochs 40 --keep DIR   # train, keep
+    python benchmarks/faithfulness.py --seeds 0 1 2 3 4 --encoder DIR --recalibrate \
+        --demo-run runs/demo --demo-images 256                # the README's table from kept ones
 """
 
 from __future__ import annotations
