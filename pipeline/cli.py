@@ -115,8 +115,11 @@ def _add_run(sub) -> None:
     t.add_argument("--epochs", type=int, default=TrainConfig.epochs,
                    help="at most this many epochs (default: %(default)s)")  # fmt: skip
     t.add_argument("--patience", type=int, default=TrainConfig.patience,
-                   help="stop after this many epochs without a better validation loss; the best "
-                   "epoch is kept (default: %(default)s)")  # fmt: skip
+                   help="stop after this many validation rounds without a better validation "
+                   "loss; the best round's weights are kept (default: %(default)s)")  # fmt: skip
+    t.add_argument("--val-every", type=int, default=TrainConfig.val_every, metavar="N",
+                   help="validate every N training images, or once per epoch when an epoch "
+                   "holds fewer (default: %(default)s)")  # fmt: skip
     t.add_argument("--train-limit", type=int, default=None, metavar="N",
                    help="train on at most N images of the train split (labels keep their "
                    "shares; drawn from --seed), for very large sets")  # fmt: skip
@@ -269,6 +272,7 @@ def build_config(a: argparse.Namespace) -> RunConfig:
         train=TrainConfig(
             epochs=a.epochs,
             patience=a.patience,
+            val_every=a.val_every,
             lr=a.lr,
             patch_loss=a.patch_loss,
             selfblend=a.selfblend,

@@ -177,21 +177,32 @@ SHIFT_RANGE = 20.0  # logits: far beyond any shift a sane validation split asks 
 
 
 class EarlyStopping:
-    """Keeps the best validation loss's epoch; says stop after ``patience`` epochs without a
-    relative improvement of at least ``min_delta``."""
+    """Keeps the best validation loss's round; says stop after ``patience`` validation rounds
+    without a relative improvement of at least ``min_delta``."""
 
     def __init__(self, patience: int, min_delta: float = 1e-3):
         self.patience, self.min_delta = patience, min_delta
         self.best, self.best_epoch, self.bad = float("inf"), -1, 0
 
     def step(self, epoch: int, loss: float) -> tuple[bool, bool]:
-        """(improved, stop) after an epoch with validation ``loss``."""
+        """(improved, stop) after a validation round (``epoch``: its index) with ``loss``."""
         improved = loss < self.best * (1 - self.min_delta) or self.best_epoch < 0
         if improved:
             self.best, self.best_epoch, self.bad = loss, epoch, 0
         else:
             self.bad += 1
         return improved, self.bad >= self.patience
+
+
+def round_bounds(n: int, val_every: int, batch_size: int) -> list[int]:
+    """Where one epoch of ``n`` training images is cut into validation rounds: one round when
+    ``n <= val_every``, else ceil(n / val_every) rounds of about equal size, cut at whole
+    batches. Returns the cut points [0, ..., n]."""
+    rounds = max(1, math.ceil(n / max(val_every, 1)))
+    batches = math.ceil(n / batch_size)
+    rounds = min(rounds, batches)
+    cuts = {round(r * batches / rounds) * batch_size for r in range(rounds)}
+    return sorted(c for c in cuts if c < n) + [n]
 
 
 def train_encoder(
@@ -329,15 +340,22 @@ def train_encoder(
 
     # self-blended fakes need the patch tokens' head (a tower trained from scratch)
     blending = patch_head is not None and cfg.selfblend > 0
-    history, best_state = [], None
-    for epoch in range(cfg.epochs):
+    history, best_state, stop = [], None, False
+    # validation every cfg.val_every training images (once per epoch on smaller sets): patience
+    # counts these rounds, so a large set gives up after as many updates as a small one
+    cuts = round_bounds(len(train), cfg.val_every, cfg.batch_size)
+    n_rounds = len(cuts) - 1
+    for epoch, r in ((e, r) for e in range(cfg.epochs) for r in range(n_rounds)):
+        if stop:
+            break
         model.train()
         if frozen:
             model.visual.eval()
-        perm = rng.permutation(len(train))
+        if r == 0:
+            perm = rng.permutation(len(train))
         losses = []
-        for s in range(0, len(perm), cfg.batch_size):
-            idx = perm[s : s + cfg.batch_size]
+        for s in range(cuts[r], cuts[r + 1], cfg.batch_size):
+            idx = perm[s : min(s + cfg.batch_size, cuts[r + 1])]
             if blending:
                 loss = blended_step(idx)
             else:
@@ -364,16 +382,19 @@ def train_encoder(
                 torch.as_tensor(z[ok_v]), torch.as_tensor(y_va[ok_v], dtype=torch.float32)))
             if len(z) else float(np.mean(losses))
         )  # fmt: skip
-        history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "val_loss": v_loss,
+        done = epoch + (r + 1) / n_rounds  # epochs run so far
+        history.append({"epoch": round(done, 4), "images": round(done * len(train)),
+                        "train_loss": float(np.mean(losses)), "val_loss": v_loss,
                         "lr": opt.param_groups[0]["lr"]})  # fmt: skip
-        log.info("epoch %d train_loss %.4f val_loss %.4f", epoch, history[-1]["train_loss"], v_loss)
-        improved, stop = stopper.step(epoch, v_loss)
+        log.info("epoch %.2f (%d images) train_loss %.4f val_loss %.4f", done,
+                 history[-1]["images"], history[-1]["train_loss"], v_loss)  # fmt: skip
+        improved, stop = stopper.step(len(history) - 1, v_loss)
         if improved:
             best_state = copy.deepcopy(model.state_dict())
         if stop:
-            log.info("early stop: no improvement for %d epochs", cfg.patience)
-            break
-        plateau.step(v_loss)
+            log.info("early stop: no improvement for %d validation rounds", cfg.patience)
+        else:
+            plateau.step(v_loss)
     model.load_state_dict(best_state)
     z = val_logits()
     t, shift = fit_calibration(z, y_va) if cfg.calibrate_shift else (fit_temperature(z, y_va), 0.0)
@@ -381,9 +402,11 @@ def train_encoder(
     model.logit_shift.fill_(shift)
     model.eval()
     return {
-        "best_epoch": stopper.best_epoch,
-        "epochs_run": len(history),
-        "stopped_early": len(history) < cfg.epochs,
+        "best_round": stopper.best_epoch,  # index into history
+        "best_epoch": history[stopper.best_epoch]["epoch"],  # epochs run when it was reached
+        "epochs_run": history[-1]["epoch"],
+        "rounds_per_epoch": n_rounds,
+        "stopped_early": len(history) < cfg.epochs * n_rounds,
         "history": history,
         "temperature": float(model.temperature),
         "logit_shift": float(model.logit_shift),

@@ -111,8 +111,9 @@ def test_training_stops_early_and_keeps_the_best_epoch(tmp_path):
     model = create_encoder(EncoderConfig(model_name=TINY))
     info = train_encoder(model, images, TrainConfig(epochs=12, patience=2, lr=5e-3))
     hist = [h["val_loss"] for h in info["history"]]
-    best = info["best_epoch"]
-    assert info["epochs_run"] == len(hist) <= 12
+    best = info["best_round"]  # 72 train images: one validation round per epoch
+    assert info["rounds_per_epoch"] == 1 and info["epochs_run"] == len(hist) <= 12
+    assert info["best_epoch"] == best + 1
     assert hist[best] == min(hist[: best + 1])
     assert all(h >= hist[best] * (1 - 1e-3) for h in hist[best + 1 :])
     if info["stopped_early"]:
@@ -253,3 +254,74 @@ def test_patch_loss_is_a_training_scaffold(tmp_path, capsys):
         losses[w] = info["history"][0]["train_loss"]
     # the same seed and batches: the train loss with the patch loss adds a positive BCE term
     assert losses[1.0] > losses[0.0]
+
+
+@pytest.mark.parametrize(
+    "n,every,bs",
+    [
+        (100, 2048, 32),
+        (4000, 2048, 32),
+        (4001, 1000, 32),
+        (70, 10, 32),
+        (65, 32, 32),
+        (1, 5, 8),
+        (96, 32, 32),
+    ],
+)
+def test_round_bounds_cut_an_epoch_at_whole_batches(n, every, bs):
+    from pipeline.train import round_bounds
+
+    cuts = round_bounds(n, every, bs)
+    assert cuts[0] == 0 and cuts[-1] == n and all(a < b for a, b in zip(cuts, cuts[1:]))
+    assert all(c % bs == 0 for c in cuts[:-1])  # only the epoch's last batch may be short
+    rounds = len(cuts) - 1
+    # one round when an epoch fits in val_every; else as many as needed, no more than batches
+    assert rounds == min(max(1, math.ceil(n / every)), math.ceil(n / bs))
+    batches = [math.ceil(size / bs) for size in np.diff(cuts)]
+    assert max(batches) - min(batches) <= 1  # about equal rounds
+
+
+def test_validation_rounds_within_an_epoch(tmp_path, capsys):
+    """val_every below the epoch's size validates several times per epoch: the history records
+    epochs and images run and the best round; the updates are the same as with one validation
+    per epoch (rounds cut at whole batches, validation draws no random numbers), so the rounds'
+    train losses average to the epoch's."""
+    import torch
+
+    from pipeline import ingest
+    from pipeline.cli import main
+    from pipeline.config import EncoderConfig
+    from pipeline.encoder import create_encoder
+    from pipeline.synthetic import make_planted_dataset
+    from pipeline.train import train_encoder
+
+    make_planted_dataset(tmp_path, 40, 40, seed=7)
+    images = ingest.finalize(ingest.inspect_candidates(ingest.discover(tmp_path), 10**8, 8)[0])
+    n_train = int(((images["split"] == "train") & (images["duplicate_of"] < 0)).sum())
+    infos = {}
+    for every in (16, 10**6):
+        torch.manual_seed(0)
+        model = create_encoder(EncoderConfig(model_name="asap-micro-vit-64"))
+        cfg = TrainConfig(epochs=2, patience=100, val_every=every, batch_size=8)
+        infos[every] = train_encoder(model, images, cfg)
+    many, one = infos[16], infos[10**6]
+    rounds = many["rounds_per_epoch"]
+    assert rounds == math.ceil(n_train / 16) > 1 and one["rounds_per_epoch"] == 1
+    assert len(many["history"]) == 2 * rounds and many["epochs_run"] == 2
+    assert [h["images"] for h in many["history"]][rounds - 1 :: rounds] == [n_train, 2 * n_train]
+    hist = [h["val_loss"] for h in many["history"]]
+    best = many["best_round"]  # the lowest loss, up to EarlyStopping's relative min_delta
+    assert hist[best] == min(hist[: best + 1])
+    assert all(h >= hist[best] * (1 - 1e-3) for h in hist[best + 1 :])
+    assert many["best_epoch"] == many["history"][many["best_round"]]["epoch"]
+    assert len(one["history"]) == 2 and [h["epoch"] for h in one["history"]] == [1, 2]
+    assert not many["stopped_early"] and not one["stopped_early"]
+    from pipeline.train import round_bounds
+
+    per_round = [math.ceil(v / 8) for v in np.diff(round_bounds(n_train, 16, 8))]
+    for e in range(2):
+        rows = many["history"][e * rounds : (e + 1) * rounds]
+        mean = sum(h["train_loss"] * b for h, b in zip(rows, per_round)) / sum(per_round)
+        assert math.isclose(mean, one["history"][e]["train_loss"], rel_tol=1e-5)
+    assert main(["run", "nowhere", "--out", "nowhere-run", "--val-every", "0"]) == 2
+    assert "val_every=0" in capsys.readouterr().err
