@@ -225,6 +225,8 @@ def main() -> None:
         print(f"{stage:<10} {secs:>9.1f} {n / max(secs, 1e-9):>9.0f} "
               f"{res.get('driver_peak_rss_mb') or 0:>11.0f} "
               f"{res.get('worker_peak_rss_mb') or 0:>11.0f}")  # fmt: skip
+    if "layout" in meta["timings"] and "patterns" in meta["timings"]:
+        print("(the layout runs in the driver beside the pattern stage: their seconds overlap)")
     enc = meta["stages"]["encode"]
     enc_ips = enc["images"] / enc["seconds"]
     n_workers = args.workers or 1

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-FIT_SAMPLE = 50_000
+FIT_SAMPLE = 20_000
 TRANSFORM_CHUNK = 100_000
 
 

@@ -10,6 +10,7 @@ import os
 import platform
 import shutil
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -421,15 +422,40 @@ def peak_rss(client) -> dict:
     return {"driver_peak_rss_mb": _peak_rss_mb(), "worker_peak_rss_mb": workers}
 
 
+class Background:
+    """``fn(*args)`` on a daemon thread of the driver; ``result()`` returns its value and its
+    seconds, or raises what it raised. A daemon, so an interrupted run does not wait for it."""
+
+    def __init__(self, fn, *args):
+        self._out: tuple | None = None
+        self._err: BaseException | None = None
+
+        def target():
+            t0 = time.perf_counter()
+            try:
+                self._out = (fn(*args), time.perf_counter() - t0)
+            except BaseException as e:  # re-raised in the caller's thread by result()
+                self._err = e
+
+        self._thread = threading.Thread(target=target, name="asap-background", daemon=True)
+        self._thread.start()
+
+    def result(self) -> tuple:
+        self._thread.join()
+        if self._err is not None:
+            raise self._err
+        return self._out
+
+
 def run_pipeline(cfg: RunConfig, fresh: bool = False) -> RunPaths:
     """Run (or resume) every stage; returns the run directory's paths."""
     paths = RunPaths(Path(cfg.out))
     meta = _init_meta(cfg, paths, fresh)
     stages, timings = meta.setdefault("stages", {}), meta.setdefault("timings", {})
 
-    def done(name: str, info: dict, t0: float) -> None:
+    def done(name: str, info: dict, t0: float, seconds: float | None = None) -> None:
         stages[name] = info
-        timings[name] = round(time.perf_counter() - t0, 3)
+        timings[name] = round(time.perf_counter() - t0 if seconds is None else seconds, 3)
         meta.setdefault("resources", {})[name] = peak_rss(client)
         write_json(paths.run_json, meta)
 
@@ -464,8 +490,8 @@ def run_pipeline(cfg: RunConfig, fresh: bool = False) -> RunPaths:
         # The layout is redone only when features changed or another method or seed is asked for.
         prev = stages.get("layout", {})
         current = prev.get("method") == cfg.layout and prev.get("seed") == cfg.seed
+        layout = None
         if enc["computed"] or not paths.features.exists() or not current:
-            t0 = time.perf_counter()
             from .layout import FIT_SAMPLE
 
             n = len(images)
@@ -474,8 +500,10 @@ def run_pipeline(cfg: RunConfig, fresh: bool = False) -> RunPaths:
                 if cfg.layout == "umap" and n > FIT_SAMPLE
                 else ""
             )
+            # the layout (CPU, in this process) runs beside the pattern stage, which needs
+            # only the partitions' files and runs on the workers
             _say(cfg, f"layout: {cfg.layout} of {n:,} images{how}")
-            done("layout", stage_layout(cfg, paths, images), t0)
+            layout = Background(stage_layout, cfg, paths, images)
         if cfg.patterns.enabled:
             from .patterns import stage_patterns
 
@@ -492,5 +520,9 @@ def run_pipeline(cfg: RunConfig, fresh: bool = False) -> RunPaths:
             )
             if not info.get("reused"):
                 done("patterns", info, t0)
+        if layout is not None:
+            t0 = time.perf_counter()
+            info, seconds = layout.result()
+            done("layout", info, t0, seconds)
     _say(cfg, f"done: {paths.root}")
     return paths

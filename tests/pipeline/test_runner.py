@@ -210,3 +210,32 @@ def test_cli_help_and_errors(tmp_path):
     assert out.returncode == 2 and str(missing) in out.stderr
     out = subprocess.run([*asap, "info", str(tmp_path)], capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 2 and "not an ASAP run directory" in out.stderr
+
+
+def test_background_returns_its_value_and_seconds_or_raises_its_error():
+    """The layout's thread beside the pattern stage: its result, the seconds it ran (not the
+    seconds until someone asked), and its error raised in the caller's thread."""
+    import threading
+    import time
+
+    from pipeline.runner import Background
+
+    gate = threading.Event()
+
+    def slow(x):
+        gate.wait(5)
+        return x * 2, threading.current_thread().name
+
+    job = Background(slow, 21)
+    time.sleep(0.2)  # the caller works meanwhile; the job has not finished (the gate is shut)
+    assert job._thread.is_alive()
+    gate.set()
+    (value, name), seconds = job.result()
+    assert value == 42 and name == "asap-background" and name != threading.current_thread().name
+    assert 0.1 < seconds
+
+    def broken():
+        raise ValueError("layout needs a 2-D array")
+
+    with pytest.raises(ValueError, match="2-D array"):
+        Background(broken).result()
