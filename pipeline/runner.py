@@ -524,5 +524,6 @@ def run_pipeline(cfg: RunConfig, fresh: bool = False) -> RunPaths:
             t0 = time.perf_counter()
             info, seconds = layout.result()
             done("layout", info, t0, seconds)
+            _say(cfg, f"layout: done in {seconds:.0f} s")
     _say(cfg, f"done: {paths.root}")
     return paths
