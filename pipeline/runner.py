@@ -49,6 +49,9 @@ WORKER_SETTINGS = {
     "distributed.worker.profile.enabled": False,
 }
 INGEST_CHUNK = 256  # files per ingest task
+# ingest tasks per submission: one graph of every file's candidate at 100,000 files was 9.6 MiB,
+# and Dask warned that a large graph slows the scheduler
+INGEST_WAVE = 64
 # Config fields a resumed run must share with the run it resumes (others may change).
 IDENTITY_FIELDS = (
     "source",
@@ -221,13 +224,15 @@ def stage_ingest(cfg: RunConfig, paths: RunPaths, client) -> dict:
     if not any(c.label is not None for c in cands):
         raise ValueError(ingest_mod.unlabelled_help(cands, cfg.source, notes=found.notes))
     chunks = [cands[i : i + INGEST_CHUNK] for i in range(0, len(cands), INGEST_CHUNK)]
-    futs = client.map(
-        ingest_mod.inspect_candidates,
-        chunks,
-        max_pixels=cfg.max_pixels,
-        min_side=cfg.min_side,
-        pure=False,
-    )
+    futs = []
+    for s in range(0, len(chunks), INGEST_WAVE):
+        futs += client.map(
+            ingest_mod.inspect_candidates,
+            chunks[s : s + INGEST_WAVE],
+            max_pixels=cfg.max_pixels,
+            min_side=cfg.min_side,
+            pure=False,
+        )
     results = gather_watched(client, futs)
     images, notes = ingest_mod.finalize_with_notes(
         pd.concat([r[0] for r in results], ignore_index=True)
