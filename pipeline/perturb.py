@@ -15,12 +15,38 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torchvision.transforms.functional as TF
 
 from .encoder import ASAPEncoder
 from .explain import adapter as A
 
 SHUFFLE_SEED = 0  # the residual's pixel permutation: the same for every image and run
+
+
+def _blur_matrix(n: int, k: torch.Tensor) -> torch.Tensor:
+    """(n, n) matrix of a 1-D blur with kernel ``k`` and a reflected border (torch's "reflect"
+    padding): row i holds the weights of the pixels that output i averages."""
+    half = len(k) // 2
+    if half >= n:
+        raise ValueError(f"a blur of {len(k)} px needs images larger than {half} px, got {n}")
+    src = torch.arange(n)[:, None] + torch.arange(-half, half + 1)[None, :]  # (n, size)
+    src = src.abs()  # reflect at 0: -1 -> 1
+    src = torch.where(src > n - 1, 2 * (n - 1) - src, src)  # and at n - 1: n -> n - 2
+    m = torch.zeros(n, n, dtype=k.dtype)
+    m.scatter_add_(1, src, k.expand(n, -1).contiguous())
+    return m
+
+
+def gaussian_blur(x: torch.Tensor, size: int, sigma: float) -> torch.Tensor:
+    """torchvision's ``gaussian_blur`` of (B, C, H, W) (the same kernel and reflected border) as
+    two matrix products, one per axis: the masking reference's 25 x 25 blur, a depthwise
+    convolution, was the largest cost of the pattern stage (issue 10)."""
+    half = size // 2
+    t = torch.linspace(-half, half, size, dtype=torch.float32)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    k = k / k.sum()
+    rows = _blur_matrix(x.shape[-2], k).to(x.device, x.dtype)
+    cols = _blur_matrix(x.shape[-1], k).to(x.device, x.dtype)
+    return rows @ x @ cols.T
 
 
 def blurred(model: ASAPEncoder, pixels: torch.Tensor) -> torch.Tensor:
@@ -30,8 +56,8 @@ def blurred(model: ASAPEncoder, pixels: torch.Tensor) -> torch.Tensor:
     size = pixels.shape[-1]
     sigma = max(size / gh / 2, 1.0)
     k = int(2 * round(3 * sigma) + 1)
-    coarse = TF.gaussian_blur(pixels, [k, k], [sigma, sigma])
-    fine = pixels - TF.gaussian_blur(pixels, [5, 5], [1.0, 1.0])
+    coarse = gaussian_blur(pixels, k, sigma)
+    fine = pixels - gaussian_blur(pixels, 5, 1.0)
     gen = torch.Generator().manual_seed(SHUFFLE_SEED)
     perm = torch.randperm(fine.shape[-2] * fine.shape[-1], generator=gen).to(pixels.device)
     shuffled = fine.flatten(2)[:, :, perm].reshape(fine.shape)

@@ -54,3 +54,22 @@ def test_masking_changes_only_the_masked_patches():
     changed = (out != x).any(dim=1)[0]
     assert changed[16:24, 24:32].any() and not changed[:16].any() and not changed[24:].any()
     assert not changed[16:24, :24].any() and not changed[16:24, 32:].any()
+
+
+def test_blur_as_matrix_products_equals_torchvisions():
+    """pipeline.perturb.gaussian_blur (two matrix products) is torchvision's gaussian_blur: the
+    same kernel and reflected border, square or not, up to float rounding; a kernel wider than
+    the image is refused with a message, as torch's reflect padding would refuse it."""
+    import pytest
+
+    from pipeline.perturb import gaussian_blur
+
+    gen = torch.Generator().manual_seed(2)
+    for size, sigma, shape in ((25, 4.0, (2, 3, 64, 64)), (5, 1.0, (1, 3, 64, 64)),
+                               (9, 1.5, (2, 1, 48, 80)), (25, 4.0, (1, 3, 224, 224)),
+                               (3, 0.5, (1, 3, 2, 2))):  # fmt: skip
+        x = torch.randn(*shape, generator=gen)
+        want = TF.gaussian_blur(x, [size, size], [sigma, sigma])
+        torch.testing.assert_close(gaussian_blur(x, size, sigma), want, rtol=0, atol=2e-6)
+    with pytest.raises(ValueError, match="larger than 12 px"):
+        gaussian_blur(torch.zeros(1, 3, 12, 12), 25, 4.0)
