@@ -37,6 +37,11 @@ def test_faithfulness_benchmark_runs():
     assert re.fullmatch(want, line), line
 
 
+def test_blur_benchmark_runs():
+    line = _last_line(["benchmarks/blur.py", "--n", "64", "--parts", "1", "--repeats", "1"])
+    assert re.fullmatch(r"blur_speedup=\d+\.\d+ partition_speedup=\d+\.\d+", line), line
+
+
 def test_explorer_benchmark_runs():
     line = _last_line(["benchmarks/explorer.py", "--sizes", "20000", "--repeats", "1"])
     want = r"first_frame_ms=\d+ reaggregate_ms=\d+ glyphs_ms=\d+ select_1m_ms=\d+ rss_mb=\d+"
