@@ -42,6 +42,12 @@ def test_blur_benchmark_runs():
     assert re.fullmatch(r"blur_speedup=\d+\.\d+ partition_speedup=\d+\.\d+", line), line
 
 
+def test_layout_benchmark_runs():
+    line = _last_line(["benchmarks/layout.py", "--n", "1200", "--fit-sample", "600"])
+    want = r"full_s=\d+\.\d sample_s=\d+\.\d knn_kept_full=\d\.\d+ knn_kept_sample=\d\.\d+"
+    assert re.fullmatch(want, line), line
+
+
 def test_explorer_benchmark_runs():
     line = _last_line(["benchmarks/explorer.py", "--sizes", "20000", "--repeats", "1"])
     want = r"first_frame_ms=\d+ reaggregate_ms=\d+ glyphs_ms=\d+ select_1m_ms=\d+ rss_mb=\d+"
