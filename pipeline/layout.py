@@ -39,7 +39,8 @@ def compute_layout(
         reducer = umap.UMAP(
             n_components=2,
             n_neighbors=min(15, m - 1),
-            random_state=seed,  # fixes the seed (and makes UMAP single-threaded)
+            random_state=seed,  # fixes the seed, which makes UMAP single-threaded:
+            n_jobs=1,  # said here, or UMAP warns in every run's output that it overrode n_jobs
             init="spectral" if m > 16 else "random",
         )
         if n <= fit_sample:
