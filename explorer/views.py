@@ -17,7 +17,7 @@ import param
 from panel.custom import JSComponent
 
 from pipeline.metrics import SURE_P_FAKE
-from pipeline.schema import DISTILLED_COLUMNS, LABEL_NAMES, MAP_NAMES
+from pipeline.schema import DISTILLED_COLUMNS, LABEL_NAMES, MAP_NAMES, STABLE_PATTERN
 
 from . import patterns as pat
 from .datastore import SHARED_SCALE_QUANTILE, DataStore
@@ -411,12 +411,16 @@ def pattern_header(patterns: pd.DataFrame, k: int) -> str:
         f"impact on p(fake) {_num(r.impact)} (95% CI {_num(r.impact_lo)}…{_num(r.impact_hi)}) "
         f"vs random patches {_num(r.random_impact)} ({_num(r.random_lo)}…{_num(r.random_hi)})"
     )
-    if bool(r.significant):
-        return f"{head}  \n{impact}"
-    return (
-        f"{head}  \n{impact}  \n⚠ **impact not significant**: its interval includes 0 or "
-        "does not beat random patches (or too few images were re-scored)"
-    )
+    lines = [head, impact]
+    if not bool(r.significant):
+        lines.append("⚠ **impact not significant**: its interval includes 0 or does not beat "
+                     "random patches (or too few images were re-scored)")  # fmt: skip
+    stab = float(r.get("stability", np.nan))
+    if np.isfinite(stab) and stab < STABLE_PATTERN:
+        lines.append(f"⚠ **unstable grouping** (stability {_num(stab)} < {STABLE_PATTERN}): "
+                     "k-means on other samples of the patches splits them differently; read it "
+                     "as part of a broader pattern")  # fmt: skip
+    return "  \n".join(lines)
 
 
 class PatternView(TabView):
@@ -438,8 +442,8 @@ class PatternView(TabView):
         df = pat.patterns_in(tables, ids)
         if df.empty:
             return pn.pane.Markdown("No discovered pattern occurs in the selected images.")
-        df = df[["pattern", "images", "fake", "real", "impact", "significant", "impact_lo",
-                 "impact_hi", "random_impact", "top_dims"]].round(3)  # fmt: skip
+        df = df[["pattern", "images", "fake", "real", "impact", "significant", "stability",
+                 "impact_lo", "impact_hi", "random_impact", "top_dims"]].round(3)  # fmt: skip
         df["significant"] = np.where(df["significant"], SIGNIFICANT, NOT_SIGNIFICANT)
         tab = pn.widgets.Tabulator(df, show_index=False, disabled=True, height=220,
                                    selectable=1, sizing_mode="stretch_width",

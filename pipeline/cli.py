@@ -172,8 +172,18 @@ def _add_run(sub) -> None:
     g.add_argument("--patterns", type=int, default=PatternConfig.n_patterns,
                    help="number of patterns (0: chosen by silhouette, 2..12)")  # fmt: skip
     g.add_argument("--patches-per-image", type=int, default=PatternConfig.patches_per_image)
-    g.add_argument("--pattern-feature", choices=["token", "spectrum", "both"], default="spectrum")
+    g.add_argument("--pattern-feature", choices=["token", "spectrum", "both"],
+                   default=PatternConfig.feature,
+                   help="patch descriptor for the patterns: the last block's token, the "
+                   "residual's spectrum, or both (default)")  # fmt: skip
     g.add_argument("--impact-images", type=int, default=PatternConfig.impact_images)
+    g.add_argument(
+        "--stability-runs",
+        type=int,
+        default=PatternConfig.stability_runs,
+        help="k-means fits on random subsets of the patches: the grouping most "
+        "of them agree with is kept, each pattern's stability measured (>= 2)",
+    )
     g.add_argument("--faithfulness-images", type=int, default=PatternConfig.faithfulness_images,
                    help="images (in all, spread over the partitions) with deletion/insertion "
                    "curves")  # fmt: skip
@@ -237,6 +247,8 @@ def _add_patterns(sub) -> None:
     p.add_argument("run", help="run directory")
     p.add_argument("--patterns", type=int, default=None, help="number of patterns (0: silhouette)")
     p.add_argument("--pattern-feature", choices=["token", "spectrum", "both"], default=None)
+    p.add_argument("--stability-runs", type=int, default=None,
+                   help="k-means fits on random subsets of the patches (>= 2)")  # fmt: skip
     p.add_argument("--scheduler", default=None, help="address of an existing Dask scheduler")
     p.add_argument("--quiet", action="store_true")
 
@@ -255,6 +267,8 @@ def patterns_config(a: argparse.Namespace) -> RunConfig:
         over["n_patterns"] = a.patterns
     if a.pattern_feature is not None:
         over["feature"] = a.pattern_feature
+    if a.stability_runs is not None:
+        over["stability_runs"] = a.stability_runs
     return replace(cfg, patterns=replace(cfg.patterns, **over))
 
 
@@ -287,6 +301,7 @@ def build_config(a: argparse.Namespace) -> RunConfig:
             patches_per_image=a.patches_per_image,
             feature=a.pattern_feature,
             impact_images=a.impact_images,
+            stability_runs=a.stability_runs,
             faithfulness_images=a.faithfulness_images,
             seed=a.seed,
         ),
@@ -347,12 +362,14 @@ def _pattern_info(run) -> dict:
     pats = read_table(run.paths.patterns, PATTERN_COLUMNS).sort_values("impact", ascending=False)
     faith = read_table(run.paths.faithfulness, FAITHFULNESS_COLUMNS)
     cols = ["pattern", "n_images", "fake_share", "impact", "impact_lo", "impact_hi",
-            "random_impact", "significant"]  # fmt: skip
+            "random_impact", "significant", "stability"]  # fmt: skip
 
     def rounded(v):
         if isinstance(v, dict):
             return {k: rounded(x) for k, x in v.items()}
-        return round(float(v), 4) if isinstance(v, float) else v
+        if isinstance(v, float):  # NaN (e.g. no stability in a run made before it) -> null
+            return round(float(v), 4) if np.isfinite(v) else None
+        return v
 
     records = [
         {k: rounded(v) if not isinstance(v, (bool, np.bool_)) else bool(v) for k, v in r.items()}

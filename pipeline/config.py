@@ -122,10 +122,11 @@ class PatternConfig:
     min_relative: float = 0.25  # ... and only those with relevance >= this share of the image's max
     n_patterns: int = 8  # clusters (over-cluster; ranked by impact); 0: k by silhouette, 2..max
     max_patterns: int = 12
-    feature: str = (
-        "spectrum"  # patch descriptor: "spectrum" (residual FFT), "token" (last block), both
-    )
+    feature: str = "both"  # patch descriptor: "spectrum" (residual FFT), "token" (last block), both
     sample: int = 20000  # patches in the sample that initialises k-means and picks k
+    # k-means fits on random 80% subsets of the sample: the medoid fit starts the refinement, the
+    # others measure each pattern's stability (issue 9: a single fit regrouped under 1e-7 changes)
+    stability_runs: int = 10
     impact_images: int = 64  # member images re-scored per pattern (and as many random controls)
     # images (in all, spread evenly over the partitions) with deletion/insertion curves: bounded,
     # so that the pattern stage's cost does not grow with the run (issue 10)
@@ -143,6 +144,11 @@ class PatternConfig:
         if self.n_patterns < 0 or self.n_patterns == 1:
             raise ValueError(
                 f"--patterns must be 0 (chosen by silhouette) or >= 2, got {self.n_patterns}"
+            )
+        if self.stability_runs < 2:
+            raise ValueError(
+                f"stability runs must be >= 2 (one to start from, one to compare with), "
+                f"got {self.stability_runs}"
             )
         if self.impact_images < 1 or self.faithfulness_images < 0 or self.sample < 1:
             raise ValueError(

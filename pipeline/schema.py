@@ -109,7 +109,13 @@ PATTERN_COLUMNS = {
     "mean_gx": "float32",
     # the impact interval excludes 0 and lies above the random control's interval
     "significant": "bool",
+    # mean best Jaccard overlap with the patterns of k-means fits on other subsets of the sample
+    # (Hennig's clusterwise stability): >= STABLE_PATTERN reproducible, ~0.5 dissolves
+    "stability": "float32",
 }
+STABLE_PATTERN = 0.75  # Hennig (2007): clusters below this stability are not reliably found
+# columns a reader fills with this value when a run written before them lacks them
+OPTIONAL_COLUMNS = {"stability": float("nan")}
 PATTERN_MEMBER_COLUMNS = {
     "pattern": "int32",
     "id": "int64",  # image id
@@ -255,14 +261,17 @@ def read_table(path: Path, columns: dict, lean: bool = False):
         import pyarrow.parquet as pq
 
         names = set(pq.read_schema(path).names)
-        missing = [c for c in columns if c not in names]
+        missing = [c for c in columns if c not in names and c not in OPTIONAL_COLUMNS]
         df = pd.DataFrame()
         if not missing:  # column by column, freeing Arrow buffers as they convert (peak ~1x)
-            table = pq.read_table(path, columns=list(columns))
+            table = pq.read_table(path, columns=[c for c in columns if c in names])
             df = table.to_pandas(split_blocks=True, self_destruct=True, types_mapper=_arrow_text)
             del table
     else:
         df = pd.read_parquet(path)
+    for c in columns:
+        if c not in df.columns and c in OPTIONAL_COLUMNS:
+            df[c] = OPTIONAL_COLUMNS[c]
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise RunDirectoryError(

@@ -185,7 +185,8 @@ def test_method_switch_changes_every_fake_overlay(small_run, make_app):
 
 
 def write_patterns(run_dir) -> pd.DataFrame:
-    """Three patterns over the run's images: 0 and 2 significant, 1 not (its interval holds 0)."""
+    """Three patterns over the run's images: 0 and 2 significant, 1 not (its interval holds 0);
+    2 unstable."""
     run = open_run(run_dir, lean=True)
     gh, gw = run.relevance.map_shape[1:]
     ids = run.images["id"].to_numpy()
@@ -206,6 +207,7 @@ def write_patterns(run_dir) -> pd.DataFrame:
             "mean_gy": 1.0,
             "mean_gx": 1.0,
             "significant": [True, False, True],
+            "stability": [0.92, 0.81, 0.41],  # pattern 2: an unstable grouping
         }
     )
     rng = np.random.default_rng(0)
@@ -240,3 +242,25 @@ def test_non_significant_patterns_are_marked(small_run, tmp_path, make_app):
     app.store.pattern = 0
     head = app.patterns.detail()[0].object
     assert "**Pattern 0**" in head and "not significant" not in head
+    assert "unstable" not in head
+    assert np.allclose(table["stability"], [0.92, 0.81, 0.41])
+    app.store.pattern = 2
+    head = app.patterns.detail()[0].object
+    assert "not significant" not in head and "**unstable grouping** (stability 0.41 < 0.75)" in head
+
+
+def test_patterns_of_a_run_made_before_stability_still_open(small_run, tmp_path, make_app):
+    run_dir = tmp_path / "run"
+    shutil.copytree(small_run, run_dir)
+    write_patterns(run_dir)
+    write_faithfulness(run_dir)
+    path = run_dir / "patterns.parquet"
+    pd.read_parquet(path).drop(columns="stability").to_parquet(path)
+    app = make_app(run_dir)
+    assert app.patterns.table().value["stability"].isna().all()
+    app.store.pattern = 2
+    head = app.patterns.detail()[0].object
+    assert "**Pattern 2**" in head and "unstable" not in head  # unknown, so no verdict
+    from pipeline.cli import _info
+
+    assert all(p["stability"] is None for p in _info(str(run_dir))["patterns"])

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
+from pipeline.patterns import cluster_stability, consensus_kmeans
 from pipeline.perturb import bootstrap_ci, curve_area, masked, order_by
 from pipeline.schema import open_run
 
@@ -34,6 +35,43 @@ def test_masking_primitives():
     assert lo < 1.0 < hi and hi - lo < 0.05
 
 
+def test_cluster_stability_counts_best_jaccard_overlaps():
+    ref = np.array([0, 0, 0, 0, 1, 1, 1, 1, 2, 2])
+    same = np.array([2, 2, 2, 2, 0, 0, 0, 0, 1, 1])  # the same grouping under other names
+    assert np.allclose(cluster_stability(ref, [same], 3), 1.0)
+    split = np.array([0, 0, 1, 1, 2, 2, 2, 2, 2, 2])  # cluster 0 halved, 1 and 2 merged
+    got = cluster_stability(ref, [same, split], 3)
+    assert np.allclose(got, [(1 + 0.5) / 2, (1 + 4 / 6) / 2, (1 + 2 / 6) / 2])
+    assert np.isnan(cluster_stability(ref, [], 3)).all()  # nothing to compare with
+    assert cluster_stability(np.zeros(4, int), [np.zeros(4, int)], 2)[1] == 0.0  # empty cluster
+
+
+def test_consensus_kmeans_finds_separate_groups_and_flags_arbitrary_splits():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0, 1, (4, 12)) * 10
+    blobs = np.concatenate([c + rng.normal(0, 1, (300, 12)) for c in centres])
+    truth = np.repeat(np.arange(4), 300)
+    init, runs, medoid = consensus_kmeans(blobs, 4, runs=6, seed=3)
+    labels = np.linalg.norm(blobs[:, None] - init[None], axis=2).argmin(axis=1)
+    from sklearn.metrics import adjusted_rand_score
+
+    assert adjusted_rand_score(truth, labels) == 1.0
+    assert (
+        cluster_stability(labels, [r for i, r in enumerate(runs) if i != medoid], 4) > 0.95
+    ).all()
+    # the medoid is the run that agrees most with the others
+    agree = [sum(adjusted_rand_score(a, b) for b in runs) for a in runs]
+    assert medoid == int(np.argmax(agree))
+    again = consensus_kmeans(blobs, 4, runs=6, seed=3)  # reproducible from the seed
+    assert np.array_equal(again[0], init) and again[2] == medoid
+    # one isotropic cloud cut into 8: a continuum, which other fits cut elsewhere
+    cloud = rng.normal(0, 1, (2000, 12))
+    init, runs, medoid = consensus_kmeans(cloud, 8, runs=6, seed=3)
+    labels = np.linalg.norm(cloud[:, None] - init[None], axis=2).argmin(axis=1)
+    stab = cluster_stability(labels, [r for i, r in enumerate(runs) if i != medoid], 8)
+    assert stab.mean() < 0.75 and stab.min() < 0.6, stab
+
+
 def _on_artifact(members: pd.DataFrame, patch: int = 8, slack: int = 1) -> np.ndarray:
     """Members whose patch lies on the planted artifact or within `slack` patches of it."""
     y0, x0 = members["gy"] * patch, members["gx"] * patch
@@ -54,14 +92,21 @@ def test_discovery_finds_each_planted_artifact(patterned_run):
     images = images.merge(names[["name", "top", "left", "side"]], on="name")
     mem = mem.merge(images[["id", "generator", "label", "top", "left", "side"]], on="id")
     found = {}
+    stability = pats.set_index("pattern")["stability"]
     for gen in ("gen_a", "gen_b"):
         share = mem.assign(hit=(mem["generator"] == gen) & (mem["label"] == 1))
         share = share.groupby("pattern")["hit"].agg(["mean", "size"])
-        best = int(share[share["size"] >= 30]["mean"].idxmax())
+        # a planted family may be split over several patterns (k = 8 over-clusters on purpose);
+        # the one to read is the most stable of its pure patterns, and it must be stable: k-means
+        # on other samples of the patches finds it again (observed >= 0.73 over 4 seeds and
+        # feature noise up to 1e-3; a fragment of a split family can fall to 0.15)
+        pure = share[(share["size"] >= 30) & (share["mean"] >= 0.7)]
+        assert len(pure), (gen, share)
+        best = int(stability.loc[pure.index].idxmax())
+        assert stability.loc[best] >= 0.6, (gen, pats[["pattern", "fake_share", "stability"]])
         row = pats.set_index("pattern").loc[best]
         members = mem[(mem["pattern"] == best) & (mem["generator"] == gen)]
         found[gen] = best
-        assert share.loc[best, "mean"] >= 0.7, (gen, share)
         assert row["fake_share"] >= 0.8, (gen, row)
         assert _on_artifact(members).mean() >= 0.6, gen
         # impact: the pattern's patches matter, random patches of the same images barely do
@@ -70,6 +115,7 @@ def test_discovery_finds_each_planted_artifact(patterned_run):
     assert found["gen_a"] != found["gen_b"]
     assert (pats["random_impact"] < 0.05).all(), "masking itself moves p(fake)"
     assert pats.set_index("pattern").loc[list(found.values()), "significant"].all()
+    assert pats["stability"].between(0, 1).all()
     # significance is exactly: interval above 0 and above the random control, on >= 5 images
     want = (pats["impact_lo"] > 0) & (pats["impact_lo"] > pats["random_hi"])
     assert (pats["significant"] == (want & (pats["n_images"] >= 5))).all()
