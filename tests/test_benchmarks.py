@@ -42,6 +42,13 @@ def test_blur_benchmark_runs():
     assert re.fullmatch(r"blur_speedup=\d+\.\d+ partition_speedup=\d+\.\d+", line), line
 
 
+def test_pattern_stability_benchmark_runs():
+    line = _last_line(["benchmarks/pattern_stability.py", "--build", "192", "--seeds", "1",
+                       "--noise", "1e-3"])  # fmt: skip
+    want = r"ari_seeds=-?\d\.\d+ ari_noise=-?\d\.\d+ stability=\d\.\d+ significant_stable=\d+"
+    assert re.fullmatch(want, line), line
+
+
 def test_layout_benchmark_runs():
     line = _last_line(["benchmarks/layout.py", "--n", "1200", "--fit-sample", "600"])
     want = r"full_s=\d+\.\d sample_s=\d+\.\d knn_kept_full=\d\.\d+ knn_kept_sample=\d\.\d+"
