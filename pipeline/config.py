@@ -147,7 +147,7 @@ class PatternConfig:
             )
         if self.stability_runs < 2:
             raise ValueError(
-                f"stability runs must be >= 2 (one to start from, one to compare with), "
+                f"--stability-runs must be >= 2 (one fit to start from, one to compare with), "
                 f"got {self.stability_runs}"
             )
         if self.impact_images < 1 or self.faithfulness_images < 0 or self.sample < 1:

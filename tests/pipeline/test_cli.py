@@ -253,3 +253,10 @@ def test_main_leaves_no_log_handlers_behind(tmp_path, capsys):
                      "--patience", "0"]) == 2  # fmt: skip
     assert log.handlers == before
     capsys.readouterr()
+
+
+def test_too_few_stability_runs_are_refused_with_the_option(tmp_path, capsys):
+    assert cli.main(["run", str(tmp_path), "--out", str(tmp_path / "r"),
+                     "--stability-runs", "1"]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert "--stability-runs must be >= 2" in err and "Traceback" not in err
