@@ -346,7 +346,8 @@ def test_hover_shows_the_image_card(server, browser):
 
 def test_fits_a_1280x720_screen(server, browser):
     """Issue 11: at 1280x720 the side pane no longer runs off the page: every control of the
-    Images tab (the sort order last) and the Dimensions tab's histograms are inside the window."""
+    Images tab (the sort order last), the Dimensions tab's histograms and the Patterns tab's
+    first four columns (pattern, impact, significant, stability; untruncated) are inside it."""
     page = browser.new_page(viewport={"width": 1280, "height": 720})
     page.goto(server)
     page.get_by_text(re.compile(r"images \(.*\) ·")).wait_for(timeout=90_000)
@@ -359,6 +360,19 @@ def test_fits_a_1280x720_screen(server, browser):
     hist.wait_for(timeout=30_000)
     box = hist.bounding_box()
     assert box["x"] + box["width"] <= 1280, box
+    # the pattern table's verdict columns come first and are readable without scrolling
+    open_tab(page, "Patterns")
+    table = page.locator(".tabulator").first
+    table.wait_for(timeout=30_000)
+    right = table.bounding_box()
+    right = right["x"] + right["width"]
+    for name in ("pattern", "impact", "significant", "stability"):
+        title = table.locator(".tabulator-col-title").filter(has_text=re.compile(f"^{name}$"))
+        assert title.count() == 1, name
+        box = title.first.bounding_box()
+        assert box["x"] + box["width"] <= right, (name, box, right)
+        full, shown = title.first.evaluate("e => [e.scrollWidth, e.clientWidth]")
+        assert full <= shown, f"header {name!r} is truncated ({full} > {shown} px)"
     page.close()
 
 
