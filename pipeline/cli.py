@@ -170,7 +170,8 @@ def _add_run(sub) -> None:
     g = p.add_argument_group("patterns")
     g.add_argument("--no-patterns", action="store_true", help="skip the pattern stage")
     g.add_argument("--patterns", type=int, default=PatternConfig.n_patterns,
-                   help="number of patterns (0: chosen by silhouette, 2..12)")  # fmt: skip
+                   help="number of patterns (0: the largest k, up to 12, whose every pattern "
+                   "is stable)")  # fmt: skip
     g.add_argument("--patches-per-image", type=int, default=PatternConfig.patches_per_image)
     g.add_argument("--pattern-feature", choices=["token", "spectrum", "both"],
                    default=PatternConfig.feature,
@@ -245,7 +246,9 @@ def _add_patterns(sub) -> None:
         "unless overridden: the top patches, patterns, impact and faithfulness tables.",
     )
     p.add_argument("run", help="run directory")
-    p.add_argument("--patterns", type=int, default=None, help="number of patterns (0: silhouette)")
+    p.add_argument(
+        "--patterns", type=int, default=None, help="number of patterns (0: the finest stable k)"
+    )
     p.add_argument("--pattern-feature", choices=["token", "spectrum", "both"], default=None)
     p.add_argument("--stability-runs", type=int, default=None,
                    help="k-means fits on random subsets of the patches (>= 2)")  # fmt: skip

@@ -120,7 +120,9 @@ class PatternConfig:
     enabled: bool = True  # run the pattern stage after the layout
     patches_per_image: int = 6  # at most this many of each image's most relevant patches (fake map)
     min_relative: float = 0.25  # ... and only those with relevance >= this share of the image's max
-    n_patterns: int = 8  # clusters (over-cluster; ranked by impact); 0: k by silhouette, 2..max
+    # clusters (over-cluster; ranked by impact); 0: the largest k in 2..max whose every pattern
+    # is stable (pipeline.patterns.choose_k)
+    n_patterns: int = 8
     max_patterns: int = 12
     feature: str = "both"  # patch descriptor: "spectrum" (residual FFT), "token" (last block), both
     sample: int = 20000  # patches in the sample that initialises k-means and picks k
@@ -143,7 +145,7 @@ class PatternConfig:
             raise ValueError("patches_per_image and steps must be >= 1")
         if self.n_patterns < 0 or self.n_patterns == 1:
             raise ValueError(
-                f"--patterns must be 0 (chosen by silhouette) or >= 2, got {self.n_patterns}"
+                f"--patterns must be 0 (the finest stable k) or >= 2, got {self.n_patterns}"
             )
         if self.stability_runs < 2:
             raise ValueError(

@@ -49,6 +49,7 @@ from .schema import (
     PATTERN_COLUMNS,
     PATTERN_MEMBER_COLUMNS,
     RANDOM_ORDER,
+    STABLE_PATTERN,
     RunPaths,
     atomic_write,
     read_table,
@@ -214,20 +215,24 @@ def _features(run: RunPaths, part: int) -> np.ndarray:
 
 
 def choose_k(sample: np.ndarray, cfg: PatternConfig) -> int:
-    """cfg.n_patterns, or the k in [2, max_patterns] with the best silhouette on the sample."""
-    from sklearn.cluster import KMeans
-    from sklearn.metrics import silhouette_score
-
+    """cfg.n_patterns, or (0) the finest grouping that holds up: the largest k in
+    [2, max_patterns] whose every pattern has a stability of at least STABLE_PATTERN on a random
+    subset of up to 4,000 patches; when no k does, the k whose least stable pattern is the most
+    stable. (A continuum cut into k pieces has no stable k; separate groups give their number.)"""
     if cfg.n_patterns:
         return min(cfg.n_patterns, len(sample))
-    best, best_k = -2.0, 2
-    sub = sample[: min(len(sample), 4000)]
+    rng = np.random.default_rng(cfg.seed)
+    sub = sample[rng.permutation(len(sample))[:4000]]
+    chosen, best_k, best_min = None, 2, -1.0
     for k in range(2, min(cfg.max_patterns, len(sub) - 1) + 1):
-        labels = KMeans(k, n_init=3, random_state=cfg.seed).fit_predict(sub)
-        score = silhouette_score(sub, labels, random_state=cfg.seed)
-        if score > best:
-            best, best_k = score, k
-    return best_k
+        _, runs, medoid = consensus_kmeans(sub, k, cfg.stability_runs, cfg.seed)
+        others = [r for i, r in enumerate(runs) if i != medoid]
+        least = float(np.nanmin(cluster_stability(runs[medoid], others, k)))
+        if least >= STABLE_PATTERN:
+            chosen = k
+        if least > best_min:
+            best_k, best_min = k, least
+    return chosen if chosen is not None else best_k
 
 
 def cluster(run: RunPaths, parts: list[int], cfg: PatternConfig):

@@ -72,6 +72,21 @@ def test_consensus_kmeans_finds_separate_groups_and_flags_arbitrary_splits():
     assert stab.mean() < 0.75 and stab.min() < 0.6, stab
 
 
+def test_zero_patterns_picks_the_finest_stable_k():
+    """--patterns 0: four separate groups give k = 4 (a fifth pattern would halve one of them,
+    an unstable cut); at most max_patterns; a fixed k is returned as given."""
+    from pipeline.config import PatternConfig
+    from pipeline.patterns import choose_k
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0, 1, (4, 12)) * 10
+    blobs = np.concatenate([c + rng.normal(0, 1, (300, 12)) for c in centres])
+    cfg = PatternConfig(n_patterns=0, max_patterns=8, stability_runs=6)
+    assert choose_k(blobs, cfg) == 4
+    assert choose_k(blobs, PatternConfig(n_patterns=0, max_patterns=3, stability_runs=6)) <= 3
+    assert choose_k(blobs, PatternConfig(n_patterns=6)) == 6
+
+
 def _on_artifact(members: pd.DataFrame, patch: int = 8, slack: int = 1) -> np.ndarray:
     """Members whose patch lies on the planted artifact or within `slack` patches of it."""
     y0, x0 = members["gy"] * patch, members["gx"] * patch
