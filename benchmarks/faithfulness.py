@@ -92,7 +92,7 @@ def score_methods(model, pixels, methods, batch: int, steps: int, seed: int) -> 
         out[name] = {"cost": secs / fwd}
     maps["random"] = torch.rand(maps[methods[0]].shape, generator=gen)
     for name, m in maps.items():
-        order = order_by(m)
+        order = order_by(m, gen)  # seeded tie-breaking: the same figures in any process
         dele = curve_area(perturbation_curves(model, pixels, order, steps, False).numpy())
         ins = curve_area(perturbation_curves(model, pixels, order, steps, True).numpy())
         out.setdefault(name, {}).update(deletion=dele, insertion=ins, maps=m.numpy())

@@ -7,8 +7,11 @@
 2. Runs ``asap run`` on them in a fresh process (``python -m pipeline.cli run ...``), with any
    extra arguments after ``--``.
 3. Measures, in this process once the run has finished, the compute ceiling: the run's encoder and
-   maps (``explain`` with the run's method, comparison maps and precision) on pre-decoded tensors
-   on the same device with as many torch threads as a worker had, best over batch sizes.
+   maps (``explain`` with the run's method, comparison maps and precision) and, when the run has
+   patterns, the top patches' descriptors that the encode stage computes from the same batches
+   (``pipeline.patterns.PatchCollector``), on pre-decoded tensors on the same device with as many
+   torch threads as a worker had, best over batch sizes. (Not in it: the faithfulness curves of
+   about one image per partition, which the encode stage also computes.)
 
 It prints per stage the seconds, img/s and peak RSS of the driver and of the largest worker (the
 run records them in run.json), and as its last line
@@ -154,8 +157,10 @@ def ceiling(run: Path, device: str, threads: int, batches=(32, 64, 128, 256)) ->
     """Best img/s of the run's encoder + maps on pre-decoded tensors: (img/s, batch size)."""
     import torch
 
+    from pipeline.config import PatternConfig
     from pipeline.encoder import load_encoder
     from pipeline.explain import explain
+    from pipeline.patterns import PatchCollector
     from pipeline.precision import compute_precision
 
     meta = json.loads((run / "run.json").read_text())
@@ -164,6 +169,7 @@ def ceiling(run: Path, device: str, threads: int, batches=(32, 64, 128, 256)) ->
     model = load_encoder(run / "model" / "encoder.pt", device).requires_grad_(False)
     precision = cfg.get("precision", "auto")
     compare = tuple(cfg["compare_maps"])
+    pcfg = PatternConfig(**cfg["patterns"])
     best = (0.0, 0)
     # a tiled encoder's batch holds tiles^2 tower inputs per image: the same work per batch
     for b in sorted({max(1, b // model.tiles**2) for b in batches}):
@@ -172,7 +178,12 @@ def ceiling(run: Path, device: str, threads: int, batches=(32, 64, 128, 256)) ->
         def step(x=x):
             with compute_precision(precision, device):
                 ex = explain(model, x, cfg["maps"], compare)
+                if pcfg.enabled:  # the encode stage describes the top patches too
+                    patches = PatchCollector(pcfg)
+                    patches.add(model, x, ex.maps.half().float(), range(len(x)), ex.last_input)
             ex.maps.float().cpu()  # the pipeline copies maps to the host too
+            if pcfg.enabled:
+                patches.arrays(np.arange(len(x)))
 
         step()
         reps, t0 = 0, time.perf_counter()

@@ -4,13 +4,14 @@ deletion/insertion faithfulness of the maps.
 
 Map and reduce, as the rest of the pipeline (DESIGN "Patterns"):
 
-- per partition (a Dask task, ``patch_partition``): the top ``patches_per_image`` patches of each
+- per partition (in the encode pass, which has the images and the last block's input at hand;
+  else a Dask task, ``patch_partition``): the top ``patches_per_image`` patches of each
   image by its fake-logit map, each described by the last block's patch token and/or the amplitude
   spectrum of the patch's high-pass residual (position-free: generator traces are periodic), plus
   how much of each distilled dimension's map falls on it; and deletion/insertion curves for a
   sample of images. One ``parts/patches-NNNNN.npz`` per partition, so new partitions add work
   incrementally.
-- on the driver: k-means on a uniform sample of patches (k chosen by silhouette unless given),
+- on the driver: k-means on a uniform sample of patches (k given, or the finest stable k),
   fitted on several random subsets of it and started from the medoid fit (the grouping the fits
   agree with most), refined by one mini-batch pass over the partitions, then patches assigned
   partition by partition (memory stays bounded by one partition); each pattern's stability is
@@ -21,6 +22,7 @@ Map and reduce, as the rest of the pipeline (DESIGN "Patterns"):
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -30,6 +32,7 @@ import pandas as pd
 import torch
 
 from .config import PatternConfig, RunConfig
+from .explain import adapter as A
 from .imageio import ImageRejected, load_for_model, normalize
 from .metrics import faithfulness_summary
 from .perturb import (
@@ -75,64 +78,104 @@ def _pixels(model, paths: list[bytes]):
     return normalize(np.stack(arrs), model.preprocess["mean"], model.preprocess["std"]), ok
 
 
-def spectrum_features(pixels: torch.Tensor, reference: torch.Tensor, gy, gx, grid) -> np.ndarray:
+def spectrum_features(pixels: torch.Tensor, reference: torch.Tensor, gy, gx, grid) -> torch.Tensor:
     """Log-amplitude spectrum of the high-pass residual (pixels - blurred), grey, unit length, over
     the patch and its neighbours (3x3 patches, shifted inwards at the border): periodic generator
     traces give the same descriptor anywhere, and a trace that straddles patch borders (maps
-    point within about one patch) is still inside the window."""
+    point within about one patch) is still inside the window. (n, d) on the pixels' device."""
     gh, gw = grid
     ph, pw = pixels.shape[-2] // gh, pixels.shape[-1] // gw
     resid = (pixels - reference).mean(dim=1)  # (B, S, S)
     if len(resid) == 0:
-        return np.zeros((0, 3 * ph * (3 * pw // 2 + 1)), np.float32)
-    gy = torch.as_tensor(np.asarray(gy, np.int64))
-    gx = torch.as_tensor(np.asarray(gx, np.int64))
+        return resid.new_zeros((0, 3 * ph * (3 * pw // 2 + 1)))
+    dev = resid.device
+    gy, gx = torch.as_tensor(gy, device=dev), torch.as_tensor(gx, device=dev)
     y0 = (gy - 1).clamp(min=0).clamp(max=max(gh - 3, 0)) * ph
     x0 = (gx - 1).clamp(min=0).clamp(max=max(gw - 3, 0)) * pw
-    rows = (y0[:, None] + torch.arange(3 * ph))[:, :, None]  # (n, 3ph, 1)
-    cols = (x0[:, None] + torch.arange(3 * pw))[:, None, :]  # (n, 1, 3pw)
-    win = resid[
-        torch.arange(len(resid))[:, None, None], rows.to(resid.device), cols.to(resid.device)
-    ]
-    f = torch.log1p(torch.fft.rfft2(win).abs()).flatten(1)  # all windows in one batched FFT
-    return (f / f.norm(dim=1, keepdim=True).clamp_min(1e-12)).cpu().numpy()
+    rows = (y0[:, None] + torch.arange(3 * ph, device=dev))[:, :, None]  # (n, 3ph, 1)
+    cols = (x0[:, None] + torch.arange(3 * pw, device=dev))[:, None, :]  # (n, 1, 3pw)
+    win = resid[torch.arange(len(resid), device=dev)[:, None, None], rows, cols]
+    f = torch.log1p(torch.fft.rfft2(win.float()).abs()).flatten(1)  # all windows in one FFT
+    return f / f.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 
-def describe(model, pixels, maps: np.ndarray, cfg: PatternConfig):
-    """Top patches of a batch: (image index, gy, gx, relevance, feature, dimension shares)."""
-    gh, gw = maps.shape[-2:]
-    fake = maps[:, 0].reshape(len(maps), -1)  # (B, gh*gw)
+@torch.no_grad()
+def describe(model, pixels: torch.Tensor, maps: torch.Tensor, cfg: PatternConfig,
+             last_input: torch.Tensor | None = None) -> dict:  # fmt: skip
+    """The top ``patches_per_image`` patches of each image of a batch by its fake map, described.
+
+    ``maps`` (B, 18, gh, gw) are the stored maps (as float, on the pixels' device). ``last_input``:
+    the last block's input tokens when the encode pass has them at hand (its token descriptor is
+    then one block away instead of a forward pass). Returns tensors on the device, B * k rows
+    each (``keep`` marks those that count: an all-zero map points nowhere), so that the encode
+    loop does not wait for the device per batch: image (index in the batch), gy, gx, relevance,
+    feature (descriptor), dims (each distilled dimension's share of its map on the patch)."""
+    B, gh, gw = len(maps), *maps.shape[-2:]
+    fake = maps[:, 0].reshape(B, -1)  # (B, gh*gw)
     k = min(cfg.patches_per_image, fake.shape[1])
-    top = np.argsort(-fake, axis=1, kind="stable")[:, :k]  # (B, k)
-    b_idx = np.repeat(np.arange(len(maps)), k)
-    flat = top.ravel()
+    top = torch.sort(-fake, dim=1, stable=True).indices[:, :k]  # (B, k), as np.argsort(kind=stable)
+    b_idx = torch.arange(B, device=maps.device).repeat_interleave(k)
+    flat = top.reshape(-1)
     rel = fake[b_idx, flat]
-    peak = fake.max(axis=1)[b_idx]
-    keep = (rel > 0) & (rel >= cfg.min_relative * peak)  # an all-zero map points nowhere
-    b_idx, flat, rel = b_idx[keep], flat[keep], rel[keep]
+    keep = (rel > 0) & (rel >= cfg.min_relative * fake.max(dim=1).values[b_idx])
     gy, gx = flat // gw, flat % gw
     parts = []
     if cfg.feature in ("token", "both"):
-        tokens, _ = tokens_and_attention(model, pixels)  # (B, gh*gw, D)
-        t = tokens[torch.as_tensor(b_idx), torch.as_tensor(flat)]
-        parts.append((t / t.norm(dim=1, keepdim=True).clamp_min(1e-12)).cpu().numpy())
+        if last_input is not None:
+            out = A.run_blocks(model, last_input, A.blocks(model)[-1:])  # (B*k*k, T, D)
+            tokens = A.untile(model, out[:, 1:])
+        else:
+            tokens, _ = tokens_and_attention(model, pixels)  # (B, gh*gw, D)
+        t = tokens[b_idx, flat].float()
+        parts.append(t / t.norm(dim=1, keepdim=True).clamp_min(1e-12))
     if cfg.feature in ("spectrum", "both"):
         ref = blurred(model, pixels)
         parts.append(spectrum_features(pixels[b_idx], ref[b_idx], gy, gx, (gh, gw)))
-    feat = np.concatenate(parts, axis=1) / np.sqrt(len(parts))
-    dims = maps[:, 2:].reshape(len(maps), maps.shape[1] - 2, -1)  # (B, 16, gh*gw)
-    share = dims / np.maximum(dims.sum(axis=2, keepdims=True), 1e-12)
-    dim_share = share[b_idx, :, flat]  # (n, 16)
-    return b_idx, gy, gx, rel, feat.astype(np.float16), dim_share.astype(np.float16)
+    feat = torch.cat(parts, dim=1) / len(parts) ** 0.5
+    dims = maps[:, 2:].reshape(B, maps.shape[1] - 2, -1)  # (B, 16, gh*gw)
+    share = dims / dims.sum(dim=2, keepdim=True).clamp_min(1e-12)
+    return {"image": b_idx, "gy": gy, "gx": gx, "relevance": rel, "keep": keep,
+            "feature": feat.half(), "dims": share[b_idx, :, flat].half()}  # fmt: skip
 
 
-def faithfulness(model, pixels, orders: dict[str, torch.Tensor], steps: int) -> pd.DataFrame:
+PATCH_KEYS = ("id", "gy", "gx", "relevance", "feature", "dims")
+
+
+class PatchCollector:
+    """Collects ``describe``'s batches of one partition (on the device) and turns them into the
+    partition's patch arrays at the end: one copy to the host per partition."""
+
+    def __init__(self, cfg: PatternConfig):
+        self.cfg, self.batches = cfg, []
+
+    def add(self, model, pixels, maps, rows, last_input=None) -> None:
+        """``rows``: the features-table row of each image of the batch."""
+        d = describe(model, pixels, maps, self.cfg, last_input)
+        d["row"] = torch.as_tensor(np.asarray(rows, np.int64), device=maps.device)[d.pop("image")]
+        self.batches.append(d)
+
+    def arrays(self, ids: np.ndarray) -> dict:
+        """Patch arrays with ``ids`` (features-table order) for the rows."""
+        if not self.batches:
+            return {k: np.zeros(0) for k in PATCH_KEYS}
+        cat = {k: torch.cat([b[k] for b in self.batches]).cpu().numpy() for k in self.batches[0]}
+        keep = cat.pop("keep")
+        out = {k: v[keep] for k, v in cat.items()}
+        out["id"] = np.asarray(ids)[out.pop("row")]
+        out["relevance"] = out["relevance"].astype(np.float32)
+        return {k: out[k] for k in PATCH_KEYS}
+
+
+def faithfulness(model, pixels, orders: dict[str, torch.Tensor], steps: int,
+                 seed: int = 0) -> pd.DataFrame:  # fmt: skip
     """Deletion and insertion areas of each patch order (name -> (B, gh, gw) map; random values
-    for the random order): one row per (image index, method)."""
+    for the random order): one row per (image index, method). Ties (patches of equal relevance,
+    e.g. zero) are broken at random from ``seed``: the same curves in any process."""
     base = p_fake(model, pixels).cpu().numpy()
     rows = []
+    gen = torch.Generator(device=pixels.device).manual_seed(seed)
     for name, fake in orders.items():
-        order = order_by(fake.to(pixels.device))
+        order = order_by(fake.to(pixels.device), gen)
         dele = curve_area(perturbation_curves(model, pixels, order, steps, False).cpu())
         ins = curve_area(perturbation_curves(model, pixels, order, steps, True).cpu())
         idx = np.arange(len(pixels))
@@ -146,13 +189,70 @@ def faith_quota(total: int, n_parts: int, part: int) -> int:
     return total // n_parts + (1 if part < total % n_parts else 0)
 
 
+def partition_faithfulness(model, paths: list[bytes], feats: pd.DataFrame, rel, cmp,
+                           cfg: PatternConfig, methods: list[str], part: int, n_parts: int,
+                           device: str) -> pd.DataFrame:  # fmt: skip
+    """Deletion/insertion curves of the partition's share of the faithfulness images, drawn from
+    those scored fake (deleting fake evidence must lower p(fake)). ``paths``, ``rel`` (maps) and
+    ``cmp`` (comparison maps) are in features-table row order; an image that no longer loads
+    is left out."""
+    rng = np.random.default_rng(cfg.seed + part)
+    scored_fake = np.flatnonzero(feats["pred"].to_numpy() == 1)
+    quota = faith_quota(cfg.faithfulness_images, n_parts, part)
+    picks = np.sort(rng.permutation(scored_fake)[:quota])
+    pixels, ok = _pixels(model, [paths[r] for r in picks])
+    if pixels is None:
+        return pd.DataFrame(columns=list(FAITHFULNESS_COLUMNS))
+    picks = picks[ok]
+    fake = np.asarray(rel[picks, 0], np.float32)
+    orders = {methods[0]: torch.as_tensor(fake)}
+    for j, name in enumerate(methods[1:]):
+        orders[name] = torch.as_tensor(np.asarray(cmp[picks, j], np.float32))
+    gen = torch.Generator().manual_seed(cfg.seed + part)
+    orders[RANDOM_ORDER] = torch.rand(fake.shape, generator=gen)
+    res = faithfulness(model, pixels.to(device), orders, cfg.steps, cfg.seed + part)
+    res["id"] = feats["id"].to_numpy()[picks][res.pop("index").to_numpy()]
+    return res
+
+
+PER_PATCH = ("patches_per_image", "min_relative", "feature", "faithfulness_images", "steps",
+             "seed")  # fmt: skip
+
+
+def patch_signature(cfg: PatternConfig) -> str:
+    """The settings a partition's patch file depends on (stored in it: another set recomputes)."""
+    return json.dumps({f: getattr(cfg, f) for f in PER_PATCH}, sort_keys=True)
+
+
+def write_patches(run: RunPaths, part: int, arrays: dict, faith: pd.DataFrame,
+                  cfg: PatternConfig) -> None:  # fmt: skip
+    arrays = dict(arrays, signature=np.array(patch_signature(cfg)))
+    for c in FAITHFULNESS_COLUMNS:
+        kind = str if c == "method" else np.float64
+        arrays[f"faith_{c}"] = faith[c].to_numpy().astype(kind)
+
+    def _write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:  # a file object: np.savez would append ".npz"
+            np.savez(fh, **arrays)
+
+    atomic_write(run.part_patches(part), _write)
+
+
+def patches_current(run: RunPaths, part: int, cfg: PatternConfig) -> bool | None:
+    """Whether partition ``part``'s patch file was made with ``cfg``'s per-patch settings (None:
+    a file from before the files recorded them)."""
+    with np.load(run.part_patches(part)) as z:
+        return str(z["signature"]) == patch_signature(cfg) if "signature" in z.files else None
+
+
 def patch_partition(part: int, paths: list[bytes], run_root: str, model_path: str, sha: str,
                     cfg: PatternConfig, device: str | None, batch_size: int,
                     methods: list[str], n_parts: int = 1) -> dict:  # fmt: skip
-    """Describe one partition's top patches and its faithfulness sample; write patches-NNNNN.npz."""
+    """Describe one partition's top patches and its faithfulness sample; write patches-NNNNN.npz.
+    The encode pass does this itself (worker.encode_partition); this is for partitions encoded
+    without it (patterns off, an older run) or pattern settings changed since."""
     run = RunPaths(Path(run_root))
-    out_path = run.part_patches(part)
-    if out_path.exists():
+    if run.part_patches(part).exists():
         return {"part": part, "skipped": True}
     t0 = time.perf_counter()
     device = pick_device(device)
@@ -160,46 +260,21 @@ def patch_partition(part: int, paths: list[bytes], run_root: str, model_path: st
     feats = read_table(run.part_features(part), PART_FEATURE_COLUMNS)
     rel = np.load(run.part_relevance(part), mmap_mode="r")
     cmp = np.load(run.part_compare(part), mmap_mode="r")
-    # faithfulness on images scored fake: deleting fake evidence must lower p(fake)
-    rng = np.random.default_rng(cfg.seed + part)
-    scored_fake = np.flatnonzero(feats["pred"].to_numpy() == 1)
-    quota = faith_quota(cfg.faithfulness_images, n_parts, part)
-    faith_rows = set(rng.permutation(scored_fake)[:quota].tolist())
-    acc = {k: [] for k in ("id", "gy", "gx", "relevance", "feature", "dims")}
-    faith = []
+    order = feats["row"].to_numpy()  # maps rows of the features rows
+    rel, cmp = rel[order], cmp[order]
+    collector = PatchCollector(cfg)
     for s in range(0, len(feats), batch_size):
         rows = np.arange(s, min(s + batch_size, len(feats)))
         pixels, ok = _pixels(model, [paths[r] for r in rows])
         if pixels is None:
             continue
         rows = rows[ok]
-        pixels = pixels.to(device)
-        maps = np.asarray(rel[feats["row"].to_numpy()[rows]], np.float32)
-        b, gy, gx, r, f, d = describe(model, pixels, maps, cfg)
-        for k, v in zip(acc, (feats["id"].to_numpy()[rows][b], gy, gx, r, f, d)):
-            acc[k].append(v)
-        pick = np.array([i for i, row in enumerate(rows) if row in faith_rows], np.int64)
-        if len(pick):
-            fr = feats["row"].to_numpy()[rows][pick]
-            orders = {methods[0]: torch.as_tensor(maps[pick, 0])}
-            for j, name in enumerate(methods[1:]):
-                orders[name] = torch.as_tensor(np.asarray(cmp[fr, j], np.float32))
-            gen = torch.Generator().manual_seed(cfg.seed + part)
-            orders[RANDOM_ORDER] = torch.rand(maps[pick, 0].shape, generator=gen)
-            res = faithfulness(model, pixels[pick], orders, cfg.steps)
-            res["id"] = feats["id"].to_numpy()[rows][pick][res.pop("index").to_numpy()]
-            faith.append(res)
-    arrays = {k: np.concatenate(v) if v else np.zeros(0) for k, v in acc.items()}
-    table = pd.concat(faith) if faith else pd.DataFrame(columns=list(FAITHFULNESS_COLUMNS))
-    for c in FAITHFULNESS_COLUMNS:
-        kind = str if c == "method" else np.float64
-        arrays[f"faith_{c}"] = table[c].to_numpy().astype(kind)
-
-    def _write(tmp: Path) -> None:
-        with open(tmp, "wb") as fh:  # a file object: np.savez would append ".npz"
-            np.savez(fh, **arrays)
-
-    atomic_write(out_path, _write)
+        maps = torch.as_tensor(np.asarray(rel[rows], np.float32), device=device)
+        collector.add(model, pixels.to(device), maps, rows)
+    arrays = collector.arrays(feats["id"].to_numpy())
+    faith = partition_faithfulness(model, paths, feats, rel, cmp, cfg, methods, part, n_parts,
+                                   device)  # fmt: skip
+    write_patches(run, part, arrays, faith, cfg)
     return {"part": part, "skipped": False, "patches": len(arrays["id"]),
             "seconds": time.perf_counter() - t0}  # fmt: skip
 
@@ -413,19 +488,17 @@ def stage_patterns(cfg: RunConfig, run: RunPaths, images: pd.DataFrame, parts: l
 
     pcfg = cfg.patterns
     prev = (previous or {}).get("config")
-    if prev is not None and prev != asdict(pcfg):
-        # per-patch settings changed: recompute the patch files; otherwise only recluster
-        per_patch = (
-            "patches_per_image",
-            "min_relative",
-            "feature",
-            "faithfulness_images",
-            "steps",
-            "seed",
-        )
-        if any(prev.get(f) != getattr(pcfg, f) for f in per_patch):
-            for i in range(len(parts)):
-                run.part_patches(i).unlink(missing_ok=True)
+    # per-patch settings changed: recompute those patch files; otherwise only recluster. Each
+    # file records its settings (older files: the previous stage's config says)
+    prev_stale = prev is not None and any(prev.get(f) != getattr(pcfg, f) for f in PER_PATCH)
+    changed = prev is not None and prev != asdict(pcfg)
+    for i in range(len(parts)):
+        if run.part_patches(i).exists():
+            current = patches_current(run, i, pcfg)
+            if current is False or (current is None and prev_stale):
+                run.part_patches(i).unlink()
+                changed = True
+    if changed:
         run.patterns.unlink(missing_ok=True)
     todo = [i for i in range(len(parts)) if not run.part_patches(i).exists()]
     paths_of = images.set_index("id")["path_bytes"]

@@ -328,6 +328,9 @@ def stage_encode(cfg: RunConfig, paths: RunPaths, images: pd.DataFrame, sha: str
             precision=cfg.precision,
             torch_threads=threads,
             limits=limits,
+            # the patch descriptors come from the batches on the device (issue 10)
+            patterns=cfg.patterns if cfg.patterns.enabled else None,
+            n_parts=len(parts),
             pure=False,
             key=f"asap-encode-{sha[:12]}-{i}",
         )
@@ -492,6 +495,8 @@ def run_pipeline(cfg: RunConfig, fresh: bool = False) -> RunPaths:
         enc = stage_encode(cfg, paths, images, sha, client)
         if enc["computed"] or "encode" not in stages:
             done("encode", enc, t0)
+        if enc["computed"]:  # new partitions (with their patch files): regroup the patches
+            paths.patterns.unlink(missing_ok=True)
         # The layout is redone only when features changed or another method or seed is asked for.
         prev = stages.get("layout", {})
         current = prev.get("method") == cfg.layout and prev.get("seed") == cfg.seed

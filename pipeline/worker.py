@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .config import PatternConfig
 from .devices import worker_device
 from .encoder import ASAPEncoder, load_encoder
 from .explain import explain
@@ -66,9 +67,12 @@ def encode_rows(
     limits: dict | None = None,
     compare: tuple[str, ...] = (),
     precision: str = "auto",
+    on_batch=None,
 ):
     """Encode + explain ``paths`` with method ``maps`` (and the fake maps of the ``compare``
-    methods): (index of each kept path, outputs dict, [(index, reason)])."""
+    methods): (index of each kept path, outputs dict, [(index, reason)]). ``on_batch(pixels,
+    explanation, first)``, if given, sees each batch on the device (``first``: the batch's first
+    row among the kept images), as the pattern stage's patch descriptors do."""
     limits = limits or {}
     size, mean, std = model.image_size, model.preprocess["mean"], model.preprocess["std"]
     n = len(paths)
@@ -91,6 +95,8 @@ def encode_rows(
             pixels = normalize(np.stack(arrs), mean, std).to(device)
             with compute_precision(precision, device):
                 ex = explain(model, pixels, maps, compare)
+                if on_batch is not None:
+                    on_batch(pixels, ex, len(kept))
             kept += good
             cmp = [ex.compare[m] for m in compare]
             gh, gw = ex.maps.shape[-2:]
@@ -128,8 +134,13 @@ def encode_partition(
     limits: dict,
     compare: tuple[str, ...] = (),
     precision: str = "auto",
+    patterns: PatternConfig | None = None,
+    n_parts: int = 1,
 ) -> dict:
-    """Compute and write one partition; a partition whose features file exists is skipped."""
+    """Compute and write one partition; a partition whose features file exists is skipped.
+    With ``patterns``, also the partition's patch file (pipeline.patterns: the top patches'
+    descriptors from the batches already on the device, and the faithfulness sample), so that
+    the pattern stage neither decodes the images again nor runs the tower again (issue 10)."""
     run = RunPaths(Path(run_root))
     if run.part_features(part).exists():
         return {"part": part, "skipped": True, "n": len(ids), "seconds": 0.0}
@@ -138,6 +149,17 @@ def encode_partition(
         torch.set_num_threads(torch_threads)
     device = pick_device(device)
     model = cached_model(model_path, model_sha, device)
+    collector, on_batch = None, None
+    if patterns is not None:
+        from .patterns import PatchCollector
+
+        collector = PatchCollector(patterns)
+
+        def on_batch(pixels, ex, first):
+            rows = np.arange(first, first + len(pixels))
+            stored = ex.maps.detach().half().float()  # the maps as the run keeps them
+            collector.add(model, pixels, stored, rows, ex.last_input)
+
     kept, out, fails = encode_rows(
         model,
         paths,
@@ -147,6 +169,7 @@ def encode_partition(
         limits=limits,
         compare=compare,
         precision=precision,
+        on_batch=on_batch,
     )
     kept = np.asarray(kept, dtype=np.int64)
     feats = pd.DataFrame({"id": ids[kept]})
@@ -170,6 +193,14 @@ def encode_partition(
             columns=list(REJECT_COLUMNS),
         )
         write_table(run.part_rejects(part), rej, REJECT_COLUMNS)
+    if collector is not None:
+        from .patterns import partition_faithfulness, write_patches
+
+        kept_paths = [paths[i] for i in kept]
+        with compute_precision(precision, device):
+            faith = partition_faithfulness(model, kept_paths, feats, rel, cmp, patterns,
+                                           [maps, *compare], part, n_parts, device)  # fmt: skip
+        write_patches(run, part, collector.arrays(feats["id"].to_numpy()), faith, patterns)
     write_table(run.part_features(part), feats, PART_FEATURE_COLUMNS)
     return {
         "part": part,

@@ -27,6 +27,9 @@ class Explanation:
     maps: torch.Tensor  # (B, n_maps, gh, gw), non-negative: fake, real[, d00..d15]
     attention: torch.Tensor | None = None  # (B, gh, gw) last-block CLS attention, if at hand
     compare: dict[str, torch.Tensor] = field(default_factory=dict)  # method -> (B, gh, gw)
+    # the last block's input tokens (B*k*k, T, D), if at hand: the pattern stage's token
+    # descriptor is one block away from them instead of a whole forward pass (issue 10)
+    last_input: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)

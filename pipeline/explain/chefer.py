@@ -34,7 +34,7 @@ def chefer_last(model, pixels: torch.Tensor, n_maps: int) -> Explanation:
     cam = (A.signed(g) * p).clamp(min=0).mean(dim=2)[:, :, 0, 1:]  # (n_maps, B, T-1)
     maps = A.to_maps(model, cam)
     attn = A.to_map(model, p.mean(dim=1)[:, 0, 1:])  # plain attention, for free
-    return Explanation(emb.detach(), distilled.detach(), logit.detach(), maps, attn)
+    return Explanation(emb.detach(), distilled.detach(), logit.detach(), maps, attn, last_input=x)
 
 
 @register("chefer_all", cost=A.ALL_BLOCKS_COST, passes=2.0, class_specific=True,
@@ -83,6 +83,7 @@ def chefer_all_and_last(model, pixels: torch.Tensor, n_maps: int):
     cam = (A.signed(g_last) * p_last).clamp(min=0).mean(dim=2)[:, :, 0, 1:]
     out = Explanation(emb.detach(), distilled.detach(), logit.detach(), A.to_maps(model, cam),
                       A.to_map(model, p_last.mean(dim=1)[:, 0, 1:]))  # fmt: skip
+    out.last_input = x.detach()  # for the pattern stage's token descriptor
     T = p_last.shape[-1]
     R = torch.eye(T, device=pixels.device).expand(2, p_last.shape[0], T, T).clone()
     for g, p in zip(g_all[:-1], probs[:-1]):

@@ -198,6 +198,68 @@ def test_pattern_stage_resumes_per_partition(patterned_run, tmp_path, dask_sched
     assert (out / "patterns.parquet").stat().st_mtime_ns == stamp
 
 
+def test_encode_pass_writes_the_patches_the_pattern_pass_would(
+    patterned_run, tmp_path, dask_scheduler
+):
+    """The encode pass describes the top patches from the batches it has on the device (the
+    last block's input at hand): the same patches, descriptors and faithfulness curves as the
+    pattern stage's own pass, which decodes the images again and runs the whole tower (issue
+    10). And a patch file made with other per-patch settings is recomputed, not reused, even
+    when no finished pattern stage recorded the settings (killed between encode and patterns)."""
+    import json
+    import shutil
+
+    from pipeline.config import PatternConfig
+    from pipeline.encoder import file_sha256
+    from pipeline.patterns import load_patches, patch_partition, patches_current
+    from pipeline.schema import PART_FEATURE_COLUMNS, RunPaths, read_table
+
+    src, _ = patterned_run
+    out = tmp_path / "run"
+    shutil.copytree(src, out)
+    run = RunPaths(out)
+    cfg = json.loads(run.run_json.read_text())["config"]
+    pcfg = PatternConfig(**cfg["patterns"])
+    assert patches_current(run, 1, pcfg) is True
+    token = PatternConfig(**{**cfg["patterns"], "feature": "token"})
+    assert patches_current(run, 1, token) is False
+    fused = load_patches(run, 1)
+    run.part_patches(1).unlink()
+    images = pd.read_parquet(out / "images.parquet").set_index("id")["path_bytes"]
+    ids = read_table(run.part_features(1), PART_FEATURE_COLUMNS)["id"]
+    methods = [cfg["maps"], *cfg["compare_maps"]]
+    n_parts = len(list(run.parts.glob("features-*.parquet")))
+    patch_partition(1, images.loc[ids].tolist(), str(out), str(run.encoder),
+                    file_sha256(run.encoder), pcfg, "cpu", 64, methods, n_parts)  # fmt: skip
+    alone = load_patches(run, 1)
+    assert sorted(fused) == sorted(alone)
+    assert len(fused["id"]) > 100
+    for k in ("id", "gy", "gx", "faith_id", "faith_method"):
+        np.testing.assert_array_equal(fused[k], alone[k], err_msg=k)
+    np.testing.assert_allclose(fused["relevance"], alone["relevance"], rtol=1e-6)
+    # descriptors: the token path differs by float rounding only (explicit vs fused attention)
+    f, a = fused["feature"].astype(np.float32), alone["feature"].astype(np.float32)
+    assert np.abs(f - a).max() < 2e-3
+    assert np.mean(np.sum(f * a, axis=1) / np.sum(a * a, axis=1)) > 0.9999
+    np.testing.assert_array_equal(fused["dims"], alone["dims"])
+    for k in ("faith_p_fake", "faith_deletion_auc", "faith_insertion_auc"):
+        np.testing.assert_allclose(fused[k], alone[k], atol=1e-5, err_msg=k)
+
+    from pipeline.cli import main
+
+    meta = json.loads(run.run_json.read_text())
+    del meta["stages"]["patterns"]  # as if killed after encode, before the pattern stage ended
+    run.run_json.write_text(json.dumps(meta))
+    run.patterns.unlink()
+    args = ["patterns", str(out), "--pattern-feature", "token", "--scheduler", dask_scheduler]
+    assert main([*args, "--quiet"]) == 0
+    meta = json.loads(run.run_json.read_text())
+    assert meta["stages"]["patterns"]["computed"] == n_parts  # every file was stale
+    assert all(patches_current(run, i, token) for i in range(n_parts))
+    width = load_patches(run, 0, ("feature",))["feature"].shape[1]
+    assert width < f.shape[1]  # the token alone, not token + spectrum
+
+
 def test_faithfulness_sample_is_bounded_per_run():
     """The faithfulness images are a total spread over the partitions (shares differ by at most
     one), so the pattern stage's deletion/insertion cost does not grow with the run."""
