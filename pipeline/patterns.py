@@ -129,8 +129,12 @@ def describe(model, pixels: torch.Tensor, maps: torch.Tensor, cfg: PatternConfig
         t = tokens[b_idx, flat].float()
         parts.append(t / t.norm(dim=1, keepdim=True).clamp_min(1e-12))
     if cfg.feature in ("spectrum", "both"):
-        ref = blurred(model, pixels)
-        parts.append(spectrum_features(pixels[b_idx], ref[b_idx], gy, gx, (gh, gw)))
+        # float32 whatever the run's precision: a trace of a few grey levels is a few thousandths
+        # of the normalised pixels, below bfloat16's resolution (the encode pass may autocast)
+        with torch.autocast(pixels.device.type, enabled=False):
+            px = pixels.float()
+            ref = blurred(model, px)
+            parts.append(spectrum_features(px[b_idx], ref[b_idx], gy, gx, (gh, gw)))
     feat = torch.cat(parts, dim=1) / len(parts) ** 0.5
     dims = maps[:, 2:].reshape(B, maps.shape[1] - 2, -1)  # (B, 16, gh*gw)
     share = dims / dims.sum(dim=2, keepdim=True).clamp_min(1e-12)

@@ -196,10 +196,9 @@ def encode_partition(
     if collector is not None:
         from .patterns import partition_faithfulness, write_patches
 
-        kept_paths = [paths[i] for i in kept]
-        with compute_precision(precision, device):
-            faith = partition_faithfulness(model, kept_paths, feats, rel, cmp, patterns,
-                                           [maps, *compare], part, n_parts, device)  # fmt: skip
+        kept_paths = [paths[i] for i in kept]  # float32, as the pattern stage's own pass
+        faith = partition_faithfulness(model, kept_paths, feats, rel, cmp, patterns,
+                                       [maps, *compare], part, n_parts, device)  # fmt: skip
         write_patches(run, part, collector.arrays(feats["id"].to_numpy()), faith, patterns)
     write_table(run.part_features(part), feats, PART_FEATURE_COLUMNS)
     return {

@@ -70,3 +70,25 @@ def test_tf32_setting_is_restored_when_the_last_of_overlapping_contexts_closes()
     assert torch.get_float32_matmul_precision() == "highest"
     with compute_precision("fp32", "cuda"):
         assert torch.get_float32_matmul_precision() == "highest"
+
+
+def test_patch_spectra_stay_float32_under_bf16(tmp_path):
+    """The encode pass describes the top patches inside the run's precision context; the
+    residual spectra must not be computed in bfloat16, whose resolution (about 0.008 at the
+    normalised pixels' scale) is coarser than a trace of a few grey levels (about 0.09): given
+    the same maps, the spectrum descriptors under bf16 autocast equal the fp32 ones."""
+    from pipeline.config import PatternConfig
+    from pipeline.patterns import describe
+
+    truth = make_planted_dataset(tmp_path, 0, 16, seed=3)
+    model = load_encoder(GOLDEN).requires_grad_(False)
+    mean, std = model.preprocess["mean"], model.preprocess["std"]
+    x = normalize(np.stack([load_for_model(p, model.image_size) for p in truth.path]), mean, std)
+    maps = explain(model, x, "chefer_all").maps.detach()
+    cfg = PatternConfig(feature="spectrum")
+    ref = describe(model, x, maps, cfg)["feature"].float()
+    with compute_precision("bf16", "cpu"):
+        low = describe(model, x, maps, cfg)["feature"].float()
+    # the same float32 arithmetic: equal (in bf16 the blur's products moved the spectra by up
+    # to 0.004, and the DC term of some by 180%)
+    assert torch.equal(low, ref)
