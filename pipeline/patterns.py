@@ -150,22 +150,24 @@ class PatchCollector:
     partition's patch arrays at the end: one copy to the host per partition."""
 
     def __init__(self, cfg: PatternConfig):
-        self.cfg, self.batches = cfg, []
+        self.cfg, self.batches, self.rows = cfg, [], []
 
     def add(self, model, pixels, maps, rows, last_input=None) -> None:
-        """``rows``: the features-table row of each image of the batch."""
-        d = describe(model, pixels, maps, self.cfg, last_input)
-        d["row"] = torch.as_tensor(np.asarray(rows, np.int64), device=maps.device)[d.pop("image")]
-        self.batches.append(d)
+        """``rows``: the features-table row of each image of the batch (kept on the host)."""
+        self.batches.append(describe(model, pixels, maps, self.cfg, last_input))
+        self.rows.append(np.asarray(rows, np.int64))
 
     def arrays(self, ids: np.ndarray) -> dict:
         """Patch arrays with ``ids`` (features-table order) for the rows."""
         if not self.batches:
             return {k: np.zeros(0) for k in PATCH_KEYS}
         cat = {k: torch.cat([b[k] for b in self.batches]).cpu().numpy() for k in self.batches[0]}
+        offsets = np.cumsum([0] + [len(r) for r in self.rows[:-1]])
+        sizes = [len(b["image"]) for b in self.batches]
+        cat["image"] = np.concatenate(self.rows)[cat["image"] + np.repeat(offsets, sizes)]
         keep = cat.pop("keep")
         out = {k: v[keep] for k, v in cat.items()}
-        out["id"] = np.asarray(ids)[out.pop("row")]
+        out["id"] = np.asarray(ids)[out.pop("image")]
         out["relevance"] = out["relevance"].astype(np.float32)
         return {k: out[k] for k in PATCH_KEYS}
 

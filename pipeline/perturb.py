@@ -13,6 +13,8 @@ patches barely moves p(fake), so a pattern's impact is not an artifact of the ma
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 
@@ -40,13 +42,25 @@ def gaussian_blur(x: torch.Tensor, size: int, sigma: float) -> torch.Tensor:
     """torchvision's ``gaussian_blur`` of (B, C, H, W) (the same kernel and reflected border) as
     two matrix products, one per axis: the masking reference's 25 x 25 blur, a depthwise
     convolution, was the largest cost of the pattern stage (issue 10)."""
+    rows = _blur_on(x.shape[-2], size, sigma, x.device, x.dtype)
+    cols = _blur_on(x.shape[-1], size, sigma, x.device, x.dtype)
+    return rows @ x @ cols.T
+
+
+@functools.lru_cache(maxsize=64)
+def _blur_on(n: int, size: int, sigma: float, device: torch.device, dtype) -> torch.Tensor:
+    """The blur matrix, made once per shape and device: no host-to-device copy per batch (the
+    encode loop calls this for every batch, issue 10)."""
     half = size // 2
     t = torch.linspace(-half, half, size, dtype=torch.float32)
     k = torch.exp(-0.5 * (t / sigma) ** 2)
-    k = k / k.sum()
-    rows = _blur_matrix(x.shape[-2], k).to(x.device, x.dtype)
-    cols = _blur_matrix(x.shape[-1], k).to(x.device, x.dtype)
-    return rows @ x @ cols.T
+    return _blur_matrix(n, k / k.sum()).to(device, dtype)
+
+
+@functools.lru_cache(maxsize=16)
+def _shuffle_on(n: int, device: torch.device) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(SHUFFLE_SEED)
+    return torch.randperm(n, generator=gen).to(device)
 
 
 def blurred(model: ASAPEncoder, pixels: torch.Tensor) -> torch.Tensor:
@@ -58,8 +72,7 @@ def blurred(model: ASAPEncoder, pixels: torch.Tensor) -> torch.Tensor:
     k = int(2 * round(3 * sigma) + 1)
     coarse = gaussian_blur(pixels, k, sigma)
     fine = pixels - gaussian_blur(pixels, 5, 1.0)
-    gen = torch.Generator().manual_seed(SHUFFLE_SEED)
-    perm = torch.randperm(fine.shape[-2] * fine.shape[-1], generator=gen).to(pixels.device)
+    perm = _shuffle_on(fine.shape[-2] * fine.shape[-1], pixels.device)
     shuffled = fine.flatten(2)[:, :, perm].reshape(fine.shape)
     return coarse + shuffled
 
