@@ -280,7 +280,9 @@ def stage_train(cfg: RunConfig, paths: RunPaths, images: pd.DataFrame, client=No
                                 device=cfg.device, torch_threads=_torch_threads(cfg, client),
                                 precision=cfg.precision, progress=cfg.progress)  # fmt: skip
     try:
-        info = train_encoder(model, images, cfg.train, device=device, embedder=embedder)
+        # a tower trained from scratch: its images decoded by the workers, not in this process
+        info = train_encoder(model, images, cfg.train, device=device, embedder=embedder,
+                             client=client)  # fmt: skip
     finally:
         if embedder is not None:
             embedder.cleanup()

@@ -76,20 +76,58 @@ def augment(batch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
-class BatchSource:
-    """Uint8 image batches for a fixed set of files: from memory when they fit, else decoded."""
+DECODE_CHUNK = 1024  # images per decoding task on a worker
+LOOKAHEAD = 8  # streamed batches decoded ahead of the training step
 
-    def __init__(self, paths: list[bytes], size: int, cache_bytes: int):
-        self.paths, self.size = list(paths), size
+
+class BatchSource:
+    """Uint8 image batches for a fixed set of files: from memory when they fit, else decoded
+    batch by batch. With a Dask ``client`` the decoding runs on the workers (issue 10: not
+    bottlenecked in the driver): the cached set in chunks across all of them, and a streamed
+    set ``LOOKAHEAD`` batches ahead of the step that needs them (``plan`` tells the order)."""
+
+    def __init__(self, paths: list[bytes], size: int, cache_bytes: int, client=None):
+        self.paths, self.size, self.client = list(paths), size, client
         self.cached = len(paths) * size * size * 3 <= cache_bytes
-        self.arrays, self.ok = load_images(self.paths, size) if self.cached else (None, None)
+        self.arrays, self.ok = self._decode_all() if self.cached else (None, None)
+        self._planned: list[np.ndarray] = []
+        self._inflight: list = []  # (idx, future), in plan order
 
     def __len__(self) -> int:
         return len(self.paths)
 
+    def _decode_all(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.client is None or not self.paths:
+            return load_images(self.paths, self.size)
+        chunks = [self.paths[s : s + DECODE_CHUNK] for s in range(0, len(self), DECODE_CHUNK)]
+        futs = self.client.map(load_images, chunks, size=self.size, threads=1, pure=False)
+        parts = self.client.gather(futs)
+        return np.concatenate([a for a, _ in parts]), np.concatenate([o for _, o in parts])
+
+    def plan(self, batches: list[np.ndarray]) -> None:
+        """The index arrays ``get`` will be asked for next, in order (streamed sets on Dask)."""
+        if self.cached or self.client is None:
+            return
+        for _, f in self._inflight:
+            f.cancel()
+        self._planned, self._inflight = [np.asarray(b) for b in batches], []
+        self._top_up()
+
+    def _top_up(self) -> None:
+        while self._planned and len(self._inflight) < LOOKAHEAD:
+            idx = self._planned.pop(0)
+            paths = [self.paths[i] for i in idx]
+            self._inflight.append(
+                (idx, self.client.submit(load_images, paths, self.size, 1, pure=False))
+            )
+
     def get(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self.cached:
             return self.arrays[idx], self.ok[idx]
+        if self._inflight and np.array_equal(self._inflight[0][0], idx):
+            _, fut = self._inflight.pop(0)
+            self._top_up()
+            return fut.result()
         return load_images([self.paths[i] for i in idx], self.size)
 
 
@@ -211,10 +249,13 @@ def train_encoder(
     cfg: TrainConfig,
     device: str = "cpu",
     embedder=None,
+    client=None,
 ) -> dict:
     """Train in place on ``images`` rows of split train (val for selection + temperature).
     ``embedder(paths) -> (embeddings (n, E), ok mask)`` computes a frozen tower's embeddings
-    elsewhere (the Dask workers: pipeline.embed.DaskEmbedder); by default this process does."""
+    elsewhere (the Dask workers: pipeline.embed.DaskEmbedder); by default this process does.
+    ``client``: a Dask client whose workers decode the images of a tower trained from scratch
+    (by default this process does)."""
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     usable = images[images["duplicate_of"] < 0]
@@ -235,8 +276,8 @@ def train_encoder(
     t0 = time.perf_counter()
     frozen = model.cfg.frozen_backbone
     if not frozen:  # decoded here (kept in memory when they fit); a frozen tower needs embeddings
-        tr_src = BatchSource(train["path_bytes"].tolist(), size, cfg.cache_bytes)
-        va_src = BatchSource(val["path_bytes"].tolist(), size, cfg.cache_bytes)
+        tr_src = BatchSource(train["path_bytes"].tolist(), size, cfg.cache_bytes, client)
+        va_src = BatchSource(val["path_bytes"].tolist(), size, cfg.cache_bytes, client)
     else:
         tr_src = va_src = None
     y_tr = torch.tensor(train["label"].to_numpy(), dtype=torch.float32)
@@ -330,13 +371,21 @@ def train_encoder(
         return loss
 
     def val_logits():
+        """Validation logits, and which images decoded."""
         model.eval()
-        out = []
+        out, oks = [], []
+        batches = [np.arange(s, min(s + cfg.batch_size, len(val)))
+                   for s in range(0, len(val), cfg.batch_size)]  # fmt: skip
+        if not frozen:
+            va_src.plan(batches)
         with torch.no_grad():
-            for s in range(0, len(val), cfg.batch_size):
-                idx = np.arange(s, min(s + cfg.batch_size, len(val)))
-                out.append(forward_logits(idx, va_src, e_va if frozen else None, False)[0].cpu())
-        return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
+            for idx in batches:
+                logit, ok, _ = forward_logits(idx, va_src, e_va if frozen else None, False)
+                out.append(logit.cpu())
+                oks.append(ok_va[idx] if frozen else ok)
+        if not out:
+            return np.zeros(0, dtype=np.float32), np.zeros(0, bool)
+        return torch.cat(out).numpy(), np.concatenate(oks)
 
     # self-blended fakes need the patch tokens' head (a tower trained from scratch)
     blending = patch_head is not None and cfg.selfblend > 0
@@ -353,6 +402,9 @@ def train_encoder(
             model.visual.eval()
         if r == 0:
             perm = rng.permutation(len(train))
+        if not frozen:
+            tr_src.plan([perm[s : min(s + cfg.batch_size, cuts[r + 1])]
+                         for s in range(cuts[r], cuts[r + 1], cfg.batch_size)])  # fmt: skip
         losses = []
         for s in range(cuts[r], cuts[r + 1], cfg.batch_size):
             idx = perm[s : min(s + cfg.batch_size, cuts[r + 1])]
@@ -375,8 +427,7 @@ def train_encoder(
             opt.step()
             sched.step()
             losses.append(loss.item())
-        z = val_logits()
-        ok_v = ok_va if frozen else va_src.ok if va_src.cached else np.ones(len(z), bool)
+        z, ok_v = val_logits()
         v_loss = (
             float(F.binary_cross_entropy_with_logits(
                 torch.as_tensor(z[ok_v]), torch.as_tensor(y_va[ok_v], dtype=torch.float32)))
@@ -396,8 +447,11 @@ def train_encoder(
         else:
             plateau.step(v_loss)
     model.load_state_dict(best_state)
-    z = val_logits()
-    t, shift = fit_calibration(z, y_va) if cfg.calibrate_shift else (fit_temperature(z, y_va), 0.0)
+    z, ok_v = val_logits()
+    z, y_fit = z[ok_v], y_va[ok_v]  # an image that no longer decodes says nothing
+    t, shift = (
+        fit_calibration(z, y_fit) if cfg.calibrate_shift else (fit_temperature(z, y_fit), 0.0)
+    )
     model.temperature.fill_(t)
     model.logit_shift.fill_(shift)
     model.eval()

@@ -325,3 +325,46 @@ def test_validation_rounds_within_an_epoch(tmp_path, capsys):
         assert math.isclose(mean, one["history"][e]["train_loss"], rel_tol=1e-5)
     assert main(["run", "nowhere", "--out", "nowhere-run", "--val-every", "0"]) == 2
     assert "val_every=0" in capsys.readouterr().err
+
+
+def test_workers_decode_the_training_images_with_the_same_result(tmp_path, dask_scheduler,
+                                                                 monkeypatch):  # fmt: skip
+    """A tower trained from scratch gets its images decoded by the Dask workers (issue 10: not in
+    the driver), all at once when they fit in memory and batch by batch ahead of the step when
+    they do not: the same batches in the same order, so the same training, loss for loss."""
+    import torch
+    from distributed import Client
+
+    import pipeline.train as T
+    from pipeline import ingest
+    from pipeline.config import EncoderConfig
+    from pipeline.encoder import create_encoder
+    from pipeline.synthetic import make_planted_dataset
+
+    make_planted_dataset(tmp_path, 40, 40, seed=8)
+    images = ingest.finalize(ingest.inspect_candidates(ingest.discover(tmp_path), 10**8, 8)[0])
+    calls = []
+    real = T.load_images
+
+    def counted(paths, size, threads=4):  # decodes in the driver, counted here
+        calls.append(len(paths))
+        return real(paths, size, threads)
+
+    monkeypatch.setattr(T, "load_images", counted)
+    monkeypatch.setattr(T, "DECODE_CHUNK", 16)  # several chunks: their order must hold
+    runs = {}
+    with Client(dask_scheduler) as client:
+        for how, c, cache in (("driver", None, 2 << 30), ("workers", client, 2 << 30),
+                              ("streamed", client, 0)):  # fmt: skip
+            calls.clear()
+            torch.manual_seed(0)
+            model = create_encoder(EncoderConfig(model_name="asap-micro-vit-64"))
+            cfg = TrainConfig(epochs=2, batch_size=16, cache_bytes=cache)
+            info = T.train_encoder(model, images, cfg, client=c)
+            runs[how] = ([(h["train_loss"], h["val_loss"]) for h in info["history"]],
+                         info["temperature"], sum(calls))  # fmt: skip
+    hist, temp, driver_decodes = runs["driver"]
+    assert driver_decodes > 0 and len(hist) == 2
+    for how in ("workers", "streamed"):
+        assert runs[how][:2] == (hist, temp), how
+        assert runs[how][2] == 0, f"{how}: the driver decoded {runs[how][2]} images itself"
