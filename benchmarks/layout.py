@@ -10,6 +10,13 @@ in 2-d) and ``label_agree`` (the share of its 15 nearest in 2-d from its own clu
 
     python benchmarks/layout.py                 # 50,000 points, fit sample 20,000: ~3 min here
     python benchmarks/layout.py --n 5000 --fit-sample 2000
+
+``--workers N`` also places the points past the fit sample on N Dask worker processes (as a run
+does from ``DISTRIBUTE_MIN`` points on), timed with their first-call compilation, checks that the
+layout equals the one placed in this process and adds ``workers_s=W same=S`` to the last line;
+``--no-full`` skips the fit on every point (for large N):
+
+    python benchmarks/layout.py --n 300000 --workers 2 --no-full
 """
 
 from __future__ import annotations
@@ -53,13 +60,20 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=50_000)
     ap.add_argument("--fit-sample", type=int, default=20_000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--workers", type=int, default=0, help="also place the rest on N workers")
+    ap.add_argument("--no-full", action="store_true", help="skip the fit on every point")
     args = ap.parse_args()
     warnings.filterwarnings("ignore", message="n_jobs value")
     x, label = mixture(args.n, args.seed)
     compute_layout(x[:500], "umap", args.seed)  # numba compiles once, outside the timings
     queries = np.random.default_rng(args.seed + 1).choice(args.n, min(2000, args.n), replace=False)
-    res = {}
-    for name, fit in (("full", args.n), ("sample", args.fit_sample)):
+    res = {"full": (float("nan"), float("nan"))}
+    runs = (
+        (("sample", args.fit_sample),)
+        if args.no_full
+        else (("full", args.n), ("sample", args.fit_sample))
+    )
+    for name, fit in runs:
         t0 = time.perf_counter()
         xy = compute_layout(x, "umap", args.seed, fit_sample=fit)
         secs = time.perf_counter() - t0
@@ -67,9 +81,29 @@ def main() -> None:
         res[name] = (secs, kept)
         print(f"{name:<7} fit on {min(fit, args.n):>7,} of {args.n:,}: {secs:6.1f} s, "
               f"knn_kept {kept:.3f}, label_agree {agree:.3f}", flush=True)  # fmt: skip
-    print(f"full_s={res['full'][0]:.1f} sample_s={res['sample'][0]:.1f} "
-          f"knn_kept_full={res['full'][1]:.3f} knn_kept_sample={res['sample'][1]:.3f}")  # fmt: skip
+        if name == "sample":
+            here = xy
+    tail = ""
+    if args.workers:
+        from distributed import Client, LocalCluster
+
+        from pipeline.runner import dask_mapper
+
+        with LocalCluster(n_workers=args.workers, threads_per_worker=1,
+                          dashboard_address=":0") as lc, Client(lc) as client:  # fmt: skip
+            client.submit(int, 0).result()  # the workers are up
+            t0 = time.perf_counter()
+            xy = compute_layout(x, "umap", args.seed, fit_sample=args.fit_sample,
+                                mapper=dask_mapper(client), distribute_min=1)  # fmt: skip
+            secs = time.perf_counter() - t0
+        same = bool(np.array_equal(xy, here))
+        print(f"sample, the rest on {args.workers} workers (their compilation included): "
+              f"{secs:6.1f} s, same layout: {same}", flush=True)  # fmt: skip
+        tail = f" workers_s={secs:.1f} same={int(same)}"
+    full, sample = res["full"], res["sample"]
+    print(f"full_s={full[0]:.1f} sample_s={sample[0]:.1f} knn_kept_full={full[1]:.3f} "
+          f"knn_kept_sample={sample[1]:.3f}{tail}")  # fmt: skip
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # the Dask workers of --workers import this module
     main()

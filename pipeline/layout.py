@@ -2,20 +2,32 @@
 
 Past ``FIT_SAMPLE`` points UMAP is fitted on a uniform sample drawn from the seed and every other
 point is placed by ``transform`` (chunk by chunk): the fit's cost and memory stay bounded while the
-layout covers every image (issue 10)."""
+layout covers every image (issue 10). Given a ``mapper`` (the run's Dask workers), the chunks are
+placed in parallel once there are at least ``DISTRIBUTE_MIN`` of those points: each chunk is the
+same call with the same fitted model wherever it runs, so the layout is the same (a test). Below
+that, the chunks stay in this process: UMAP's ``transform`` compiles for about 10 s in each new
+process, longer than one core takes for 80,000 points."""
 
 from __future__ import annotations
 
 import numpy as np
 
 FIT_SAMPLE = 20_000
-TRANSFORM_CHUNK = 100_000
+TRANSFORM_CHUNK = 25_000
+DISTRIBUTE_MIN = 200_000
 
 
-def compute_layout(
-    x: np.ndarray, method: str = "umap", seed: int = 0, fit_sample: int = FIT_SAMPLE
-) -> np.ndarray:
-    """(n, d) float -> (n, 2) float32. Identical inputs and seed give identical output."""
+def place(reducer, x: np.ndarray) -> np.ndarray:
+    """One chunk of points placed on a fitted UMAP layout (a Dask task when distributed)."""
+    return reducer.transform(x).astype(np.float32)
+
+
+def compute_layout(x: np.ndarray, method: str = "umap", seed: int = 0,
+                   fit_sample: int = FIT_SAMPLE, mapper=None,
+                   distribute_min: int = DISTRIBUTE_MIN) -> np.ndarray:  # fmt: skip
+    """(n, d) float -> (n, 2) float32. Identical inputs and seed give identical output.
+    ``mapper(fn, obj, chunks) -> [fn(obj, chunk) for chunk in chunks]`` may run the transform
+    chunks elsewhere (pipeline.runner: on the Dask workers)."""
     x = np.asarray(x, dtype=np.float32)
     if x.ndim != 2:
         raise ValueError(f"layout needs a 2-D array (n, d), got shape {x.shape}")
@@ -49,8 +61,12 @@ def compute_layout(
         out = np.empty((n, 2), np.float32)
         out[fit] = reducer.fit_transform(x[fit])
         rest = np.setdiff1d(np.arange(n), fit)
-        for s in range(0, len(rest), TRANSFORM_CHUNK):
-            idx = rest[s : s + TRANSFORM_CHUNK]
-            out[idx] = reducer.transform(x[idx])
+        chunks = [rest[s : s + TRANSFORM_CHUNK] for s in range(0, len(rest), TRANSFORM_CHUNK)]
+        if mapper is not None and len(rest) >= distribute_min:
+            placed = mapper(place, reducer, [x[idx] for idx in chunks])
+        else:
+            placed = (place(reducer, x[idx]) for idx in chunks)
+        for idx, xy in zip(chunks, placed):
+            out[idx] = xy
         return out
     raise ValueError(f"layout method must be 'umap' or 'pca', got {method!r}")

@@ -381,7 +381,19 @@ def collect_features(paths: RunPaths, n_parts: int) -> pd.DataFrame:
     return feats.sort_values("id").reset_index(drop=True)
 
 
-def stage_layout(cfg: RunConfig, paths: RunPaths, images: pd.DataFrame) -> dict:
+def dask_mapper(client):
+    """``mapper(fn, obj, chunks)`` for pipeline.layout: ``obj`` sent to the workers once, one
+    task per chunk, the results in order."""
+
+    def mapper(fn, obj, chunks):
+        [shared] = client.scatter([obj], hash=False)
+        futs = [client.submit(fn, shared, c, pure=False) for c in chunks]
+        return client.gather(futs)
+
+    return mapper
+
+
+def stage_layout(cfg: RunConfig, paths: RunPaths, images: pd.DataFrame, client=None) -> dict:
     from .metrics import detection_metrics
     from .schema import DISTILLED_COLUMNS
 
@@ -389,7 +401,9 @@ def stage_layout(cfg: RunConfig, paths: RunPaths, images: pd.DataFrame) -> dict:
     feats = collect_features(paths, n_parts)
     if feats["id"].duplicated().any():
         raise RunDirectoryError(f"{paths.root}: duplicated ids across partitions")
-    xy = compute_layout(feats[DISTILLED_COLUMNS].to_numpy(np.float32), cfg.layout, cfg.seed)
+    mapper = dask_mapper(client) if client is not None else None
+    xy = compute_layout(feats[DISTILLED_COLUMNS].to_numpy(np.float32), cfg.layout, cfg.seed,
+                        mapper=mapper)  # fmt: skip
     feats["x"], feats["y"] = xy[:, 0], xy[:, 1]
     part_rejects = [
         read_table(paths.part_rejects(i), REJECT_COLUMNS)
@@ -515,7 +529,7 @@ def run_pipeline(cfg: RunConfig, fresh: bool = False) -> RunPaths:
             # the layout (CPU, in this process) runs beside the pattern stage, which needs
             # only the partitions' files and runs on the workers
             _say(cfg, f"layout: {cfg.layout} of {n:,} images{how}")
-            layout = Background(stage_layout, cfg, paths, images)
+            layout = Background(stage_layout, cfg, paths, images, client)
         if cfg.patterns.enabled:
             from .patterns import stage_patterns
 

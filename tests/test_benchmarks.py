@@ -53,6 +53,10 @@ def test_layout_benchmark_runs():
     line = _last_line(["benchmarks/layout.py", "--n", "1200", "--fit-sample", "600"])
     want = r"full_s=\d+\.\d sample_s=\d+\.\d knn_kept_full=\d\.\d+ knn_kept_sample=\d\.\d+"
     assert re.fullmatch(want, line), line
+    line = _last_line(["benchmarks/layout.py", "--n", "1200", "--fit-sample", "600",
+                       "--workers", "1", "--no-full"])  # fmt: skip
+    want = r"full_s=nan sample_s=\d+\.\d knn_kept_full=nan knn_kept_sample=\d\.\d+ "
+    assert re.fullmatch(want + r"workers_s=\d+\.\d same=1", line), line
 
 
 def test_explorer_benchmark_runs():

@@ -56,3 +56,32 @@ def test_umap_past_the_fit_sample_places_every_point_reproducibly():
     centres = np.stack([a[labels == k].mean(0) for k in range(2)])
     nearest = np.linalg.norm(a[:, None] - centres[None], axis=2).argmin(1)
     assert (nearest == labels).mean() > 0.95
+
+
+@pytest.mark.slow
+def test_umap_transform_on_the_workers_gives_the_same_layout(dask_scheduler, monkeypatch):
+    """Past DISTRIBUTE_MIN points the transform chunks run on the Dask workers (issue 10: not on
+    one core of the driver): each chunk is the same call on the same fitted model, so the layout
+    equals the one placed in this process, point for point."""
+    from distributed import Client
+
+    import pipeline.layout as L
+    from pipeline.runner import dask_mapper
+
+    x = _blobs()
+    monkeypatch.setattr(L, "TRANSFORM_CHUNK", 20)  # 80 points to place: 4 chunks
+    here = L.compute_layout(x, "umap", 3, fit_sample=40)
+    sent = []
+    with Client(dask_scheduler) as client:
+        mapper = dask_mapper(client)
+
+        def counted(fn, obj, chunks):
+            sent.extend(len(c) for c in chunks)
+            return mapper(fn, obj, chunks)
+
+        there = L.compute_layout(x, "umap", 3, fit_sample=40, mapper=counted, distribute_min=1)
+        # below the threshold the mapper is not used
+        small = L.compute_layout(x, "umap", 3, fit_sample=40, mapper=counted, distribute_min=81)
+    assert sent == [20, 20, 20, 20]
+    np.testing.assert_array_equal(there, here)
+    np.testing.assert_array_equal(small, here)
