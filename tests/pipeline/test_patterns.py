@@ -260,6 +260,31 @@ def test_encode_pass_writes_the_patches_the_pattern_pass_would(
     assert width < f.shape[1]  # the token alone, not token + spectrum
 
 
+@pytest.mark.parametrize("tiles", [1, 2])
+def test_token_descriptor_from_the_last_blocks_input(tiles):
+    """The encode pass's shortcut (the last block run on the input the maps computed) gives the
+    descriptor of a whole forward pass, also for a tiled encoder (tiles side by side)."""
+    from pipeline.config import EncoderConfig, PatternConfig
+    from pipeline.encoder import create_encoder
+    from pipeline.explain import explain
+    from pipeline.patterns import describe
+
+    torch.manual_seed(0)
+    cfg = EncoderConfig(model_name="asap-micro-vit-64", tiles=tiles)
+    model = create_encoder(cfg).eval().requires_grad_(False)
+    x = torch.randn(3, 3, model.image_size, model.image_size)
+    ex = explain(model, x, "chefer_all")
+    assert ex.last_input is not None
+    maps = ex.maps.half().float()
+    assert maps.shape[-2:] == (8 * tiles, 8 * tiles)  # the image's grid: tiles side by side
+    for feature in ("token", "both"):
+        pc = PatternConfig(feature=feature)
+        a, b = describe(model, x, maps, pc, ex.last_input), describe(model, x, maps, pc)
+        for k in ("image", "gy", "gx", "keep"):
+            assert torch.equal(a[k], b[k]), k
+        torch.testing.assert_close(a["feature"].float(), b["feature"].float(), atol=2e-3, rtol=0)
+
+
 def test_faithfulness_sample_is_bounded_per_run():
     """The faithfulness images are a total spread over the partitions (shares differ by at most
     one), so the pattern stage's deletion/insertion cost does not grow with the run."""
