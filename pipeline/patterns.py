@@ -39,10 +39,10 @@ from .perturb import (
     blurred,
     bootstrap_ci,
     curve_area,
+    curves_of,
     masked,
     order_by,
     p_fake,
-    perturbation_curves,
     tokens_and_attention,
 )
 from .schema import (
@@ -177,14 +177,17 @@ def faithfulness(model, pixels, orders: dict[str, torch.Tensor], steps: int,
     """Deletion and insertion areas of each patch order (name -> (B, gh, gw) map; random values
     for the random order): one row per (image index, method). Ties (patches of equal relevance,
     e.g. zero) are broken at random from ``seed``: the same curves in any process."""
-    base = p_fake(model, pixels).cpu().numpy()
-    rows = []
     gen = torch.Generator(device=pixels.device).manual_seed(seed)
-    for name, fake in orders.items():
+    jobs = []
+    for fake in orders.values():
         order = order_by(fake.to(pixels.device), gen)
-        dele = curve_area(perturbation_curves(model, pixels, order, steps, False).cpu())
-        ins = curve_area(perturbation_curves(model, pixels, order, steps, True).cpu())
-        idx = np.arange(len(pixels))
+        jobs += [(order, False), (order, True)]
+    curves = [c.cpu() for c in curves_of(model, pixels, jobs, steps)]
+    base = curves[0][:, 0].numpy()  # deletion at step 0 is the image itself
+    rows = []
+    idx = np.arange(len(pixels))
+    for i, name in enumerate(orders):
+        dele, ins = curve_area(curves[2 * i]), curve_area(curves[2 * i + 1])
         rows.append(pd.DataFrame({"index": idx, "method": name, "p_fake": base,
                                   "deletion_auc": dele, "insertion_auc": ins}))  # fmt: skip
     return pd.concat(rows, ignore_index=True)

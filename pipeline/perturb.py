@@ -113,25 +113,44 @@ CURVE_BATCH = 256
 def perturbation_curves(model, pixels, order: torch.Tensor, steps: int, insertion: bool):
     """p(fake) as the patches are removed (deletion) or revealed on the blurred image (insertion)
     in ``order`` (B, n_patches; most relevant first): (B, steps + 1) for fractions 0..1."""
-    B, n = order.shape
+    return curves_of(model, pixels, [(order, insertion)], steps)[0]
+
+
+@torch.no_grad()
+def curves_of(model, pixels, jobs: list[tuple[torch.Tensor, bool]], steps: int) -> list:
+    """The curves of several ``(order, insertion)`` jobs on the same images: one (B, steps + 1)
+    tensor per job, as :func:`perturbation_curves` gives each. Every step of every job and image
+    goes through the model in as few passes as possible, at most ``CURVE_BATCH`` images each
+    (a pass per step of a few images left the CPU mostly idle, and so did a pass per job for
+    the one image a partition samples at scale: issue 10)."""
+    B = pixels.shape[0]
+    if not jobs or B == 0:
+        return [pixels.new_zeros((B, steps + 1)) for _ in jobs]
+    n = jobs[0][0].shape[1]
     gh, gw = A.grid(model)
     ref = blurred(model, pixels)
-    rank = torch.empty_like(order)
-    rank.scatter_(1, order, torch.arange(n, device=order.device).expand(B, n))
-    fractions = [round(n * s / steps) for s in range(steps + 1)]
-    # all steps of all images in as few forward passes as possible (a pass per step of a few
-    # images left the CPU mostly idle: issue 10), at most ``CURVE_BATCH`` images per pass
-    per_pass = max(1, CURVE_BATCH // max(B, 1))
+    ranks = torch.empty((len(jobs), B, n), dtype=torch.long, device=pixels.device)
+    for j, (order, _) in enumerate(jobs):
+        ranks[j].scatter_(1, order, torch.arange(n, device=order.device).expand(B, n))
+    inserts = torch.tensor([bool(ins) for _, ins in jobs], device=pixels.device)
+    fractions = torch.tensor([round(n * s / steps) for s in range(steps + 1)], device=pixels.device)
+    # (job, step) pairs in job-major order; each pair is B images
+    pairs = torch.cartesian_prod(torch.arange(len(jobs)), torch.arange(steps + 1))
+    pairs = pairs.to(pixels.device)
+    per_pass = max(1, CURVE_BATCH // B)
     out = []
-    for c in range(0, len(fractions), per_pass):
-        chunk = torch.tensor(fractions[c : c + per_pass], device=order.device)
-        top = rank[None] < chunk[:, None, None]  # (k, B, n): the first share of the order
-        grid = top.reshape(-1, gh, gw)  # (k*B, gh, gw)
-        k = len(chunk)
+    for c in range(0, len(pairs), per_pass):
+        jj, ss = pairs[c : c + per_pass].T
+        k = len(jj)
+        top = ranks[jj] < fractions[ss][:, None, None]  # (k, B, n): the first share of each order
+        m = patch_mask(top.reshape(-1, gh, gw), pixels.shape[-1])  # (k*B, 1, S, S)
+        ins = inserts[jj].repeat_interleave(B)[:, None, None, None]
         px, rf = pixels.repeat(k, 1, 1, 1), ref.repeat(k, 1, 1, 1)
-        x = masked(rf, px, grid) if insertion else masked(px, rf, grid)
-        out.append(p_fake(model, x).reshape(k, B))
-    return torch.cat(out).T.contiguous()
+        # deletion: the image with its top patches from the reference; insertion: the reverse
+        base, fill = torch.where(ins, rf, px), torch.where(ins, px, rf)
+        out.append(p_fake(model, base * (1 - m) + fill * m).reshape(k, B))
+    curves = torch.cat(out).reshape(len(jobs), steps + 1, B)
+    return [curves[j].T.contiguous() for j in range(len(jobs))]
 
 
 def curve_area(curves: np.ndarray) -> np.ndarray:

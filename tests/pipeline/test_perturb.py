@@ -73,3 +73,33 @@ def test_blur_as_matrix_products_equals_torchvisions():
         torch.testing.assert_close(gaussian_blur(x, size, sigma), want, rtol=0, atol=2e-6)
     with pytest.raises(ValueError, match="larger than 12 px"):
         gaussian_blur(torch.zeros(1, 3, 12, 12), 25, 4.0)
+
+
+def test_curves_of_several_orders_equal_each_curve_built_by_hand(monkeypatch):
+    """The faithfulness curves of several orders (deletion and insertion) in shared passes equal
+    each step built by hand: the image with the order's first patches from the reference
+    (deletion) or the reference with them from the image (insertion), for any pass size."""
+    import pipeline.perturb as P
+
+    model = _model().requires_grad_(False)
+    gen = torch.Generator().manual_seed(2)
+    x = torch.rand(3, 3, 64, 64, generator=gen)
+    n, steps = 64, 4
+    orders = [torch.stack([torch.randperm(n, generator=gen) for _ in range(3)]) for _ in range(2)]
+    jobs = [(orders[0], False), (orders[0], True), (orders[1], False), (orders[1], True)]
+    ref = blurred(model, x)
+    for per_pass in (7, 256):  # several passes, and one for everything
+        monkeypatch.setattr(P, "CURVE_BATCH", per_pass)
+        curves = P.curves_of(model, x, jobs, steps)
+        assert [tuple(c.shape) for c in curves] == [(3, steps + 1)] * 4
+        for (order, insertion), got in zip(jobs, curves):
+            for s in range(steps + 1):
+                grid = torch.zeros(3, n, dtype=torch.bool)
+                for b in range(3):
+                    grid[b, order[b, : round(n * s / steps)]] = True
+                grid = grid.reshape(3, 8, 8)
+                img = masked(ref, x, grid) if insertion else masked(x, ref, grid)
+                torch.testing.assert_close(got[:, s], P.p_fake(model, img), atol=1e-5, rtol=0)
+        # one order alone gives the same curves
+        torch.testing.assert_close(P.perturbation_curves(model, x, orders[0], steps, True), curves[1],
+                                   atol=1e-6, rtol=0)  # fmt: skip
