@@ -153,6 +153,13 @@ def test_make_demo_uses_the_committed_encoder(demo200, tmp_path):
         "DEMO_ENCODER ?= data/demo-encoder.pt" in makefile
         and "--encoder $(DEMO_ENCODER)" in makefile
     )
+    # the committed file, its script and `make demo TRAIN=1` share one training recipe
+    sys.path.insert(0, str(REPO / "data"))
+    import make_demo_encoder as made
+
+    recipe = f"--epochs {made.EPOCHS} --patience {made.PATIENCE}"
+    assert recipe in blob["extra"]["made_by"]
+    assert f"DEMO_TRAIN ?= {recipe}" in makefile and "$(DEMO_TRAIN)" in makefile
     out = tmp_path / "run"
     subprocess.run(
         [sys.executable, "-m", "pipeline.cli", "run", str(demo200), "--out", str(out),

@@ -101,5 +101,5 @@ def test_curves_of_several_orders_equal_each_curve_built_by_hand(monkeypatch):
                 img = masked(ref, x, grid) if insertion else masked(x, ref, grid)
                 torch.testing.assert_close(got[:, s], P.p_fake(model, img), atol=1e-5, rtol=0)
         # one order alone gives the same curves
-        torch.testing.assert_close(P.perturbation_curves(model, x, orders[0], steps, True), curves[1],
-                                   atol=1e-6, rtol=0)  # fmt: skip
+        alone = P.perturbation_curves(model, x, orders[0], steps, True)
+        torch.testing.assert_close(alone, curves[1], atol=1e-6, rtol=0)
