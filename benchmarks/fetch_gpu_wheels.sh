@@ -9,5 +9,5 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
   --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
   --platform manylinux2014_x86_64 --platform any -d .whl \
   open_clip_torch==3.3.0 ftfy==6.3.1 wcwidth dask==2026.8.0 distributed==2026.8.0 partd locket \
-  tblib zict tornado
+  tblib zict tornado umap-learn==0.5.12 pynndescent==0.7.0
 ls .whl

@@ -161,10 +161,16 @@ def _add_run(sub) -> None:
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--scheduler", default=None, help="address of an existing Dask scheduler")
     r.add_argument("--workers", type=int, default=None, help="LocalCluster workers")
+    r.add_argument("--cpu-workers", type=int, default=None, metavar="N",
+                   help="on a GPU machine, CPU-only workers beside the GPU workers for ingest, "
+                   "layout and clustering (default: the cores left after 4 per GPU)")  # fmt: skip
     r.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
     r.add_argument("--precision", default="auto", choices=("auto", "fp32", "tf32", "bf16"),
                    help="arithmetic of the encoder and its maps: auto = tf32 on a GPU, fp32 "
                    "on a CPU; bf16 = bfloat16 autocast (README, 'At scale')")  # fmt: skip
+    r.add_argument("--decode", default="auto", choices=("auto", "cpu"),
+                   help="auto: on a GPU, plain JPEGs are decoded there by nvJPEG, the rest by "
+                   "PIL on the CPU; cpu: PIL for every image (default: %(default)s)")  # fmt: skip
     r.add_argument("--fresh", action="store_true", help="delete the run directory and start over")
     r.add_argument("--quiet", action="store_true", help="no progress output")
     g = p.add_argument_group("patterns")
@@ -318,8 +324,10 @@ def build_config(a: argparse.Namespace) -> RunConfig:
         seed=a.seed,
         scheduler=a.scheduler,
         workers=a.workers,
+        cpu_workers=a.cpu_workers,
         device=a.device,
         precision=a.precision,
+        decode=a.decode,
         max_pixels=a.max_pixels,
         min_side=a.min_side,
         progress=not a.quiet,

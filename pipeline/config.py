@@ -203,9 +203,15 @@ class RunConfig:
     seed: int = 0
     scheduler: str | None = None  # address of an existing Dask scheduler; None: LocalCluster
     workers: int | None = None  # LocalCluster workers; None: one per GPU, else one
+    # CPU-only workers beside the GPU workers of ASAP's own GPU cluster (ingest, layout chunks,
+    # clustering); None: the cores left after 4 per GPU worker (pipeline.runner)
+    cpu_workers: int | None = None
     device: str | None = None  # "cpu", "cuda"; None: cuda when the worker has one
     # arithmetic of the encoder and its maps (pipeline.precision): auto = tf32 on a GPU, else fp32
     precision: str = "auto"
+    # JPEG decoding on a GPU worker (pipeline.batchread): auto = nvJPEG on the GPU for plain
+    # JPEGs, PIL for the rest; cpu = PIL for every image. On a CPU device both are PIL.
+    decode: str = "auto"
     max_pixels: int = 64_000_000  # decompression-bomb guard
     min_side: int = 8  # smaller images are rejected
     progress: bool = True
@@ -223,6 +229,10 @@ class RunConfig:
             raise ValueError(
                 f"--precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}"
             )
+        from .batchread import DECODERS
+
+        if self.decode not in DECODERS:
+            raise ValueError(f"--decode {self.decode!r}: choose one of {', '.join(DECODERS)}")
         if self.layout not in ("umap", "pca"):
             raise ValueError(f"layout must be 'umap' or 'pca', got {self.layout!r}")
         if self.partition_size < 1 or self.batch_size < 1:
@@ -232,6 +242,8 @@ class RunConfig:
             )
         if self.workers is not None and self.workers < 1:
             raise ValueError(f"--workers must be >= 1, got {self.workers}")
+        if self.cpu_workers is not None and self.cpu_workers < 0:
+            raise ValueError(f"--cpu-workers must be >= 0, got {self.cpu_workers}")
         if self.max_pixels < 1 or self.min_side < 1:
             raise ValueError(
                 f"--max-pixels and --min-side must be >= 1 (got {self.max_pixels}, {self.min_side})"

@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .batchread import BatchReader
 from .config import EncoderConfig
 from .devices import worker_device
-from .imageio import ImageRejected, load_for_model, normalize
 from .precision import compute_precision
 
 _TOWERS: dict[tuple[str, str], object] = {}  # per worker process: (config json, device) -> model
@@ -37,27 +37,25 @@ def _tower(enc: dict, device: str):
 
 
 def embed_chunk(enc: dict, paths: list[bytes], out_file: str, batch_size: int,
-                device: str | None, torch_threads: int | None, precision: str) -> dict:  # fmt: skip
+                device: str | None, torch_threads: int | None, precision: str,
+                decode: str = "auto") -> dict:  # fmt: skip
     """Embeddings (n, E) float32 and the decode mask (n,) of ``paths``, written to ``out_file``."""
     t0 = time.perf_counter()
     if torch_threads:
         torch.set_num_threads(torch_threads)
     device = worker_device(device)
     model = _tower(enc, device)
-    mean, std = model.preprocess["mean"], model.preprocess["std"]
+    reader = BatchReader(model.image_size, model.preprocess["mean"], model.preprocess["std"],
+                         device, decode=decode)  # fmt: skip
     done, ok = [], np.zeros(len(paths), bool)  # (indices, embeddings) per batch
     for s in range(0, len(paths), batch_size):
-        arrs, idx = [], []
-        for i in range(s, min(s + batch_size, len(paths))):
-            try:
-                arrs.append(load_for_model(paths[i], model.image_size))
-                idx.append(i)
-            except ImageRejected:  # ingest checked every file; one that changed since is skipped
-                continue
-        if not arrs:
+        # ingest checked every file; one that changed since is skipped (not in ``ok``)
+        pixels, rows, _ = reader.read(paths[s : s + batch_size])
+        if pixels is None:
             continue
+        idx = [s + r for r in rows]
         with torch.no_grad(), compute_precision(precision, device):
-            e = model.embed(normalize(np.stack(arrs), mean, std).to(device)).float().cpu()
+            e = model.embed(pixels).float().cpu()
         ok[idx] = True
         done.append((idx, e.numpy()))
     dim = done[0][1].shape[1] if done else 0
@@ -75,13 +73,15 @@ class DaskEmbedder:
 
     def __init__(self, client, enc: EncoderConfig, work_dir: Path, *, chunk: int, batch_size: int,
                  device: str | None, torch_threads: int | None, precision: str,
-                 progress: bool = False):  # fmt: skip
+                 progress: bool = False, decode: str = "auto",
+                 resources: dict | None = None):  # fmt: skip
         from dataclasses import asdict
 
         self.client, self.enc = client, asdict(enc)
         self.work_dir, self.chunk, self.batch_size = Path(work_dir), chunk, batch_size
         self.device, self.threads, self.precision = device, torch_threads, precision
         self.progress, self.calls, self.devices = progress, 0, set()
+        self.decode, self.resources = decode, resources
 
     def __call__(self, paths: list[bytes]) -> tuple[torch.Tensor, np.ndarray]:
         from .watch import progress
@@ -94,8 +94,9 @@ class DaskEmbedder:
             files.append(out)
             futs.append(self.client.submit(
                 embed_chunk, self.enc, list(paths[s : s + self.chunk]), str(out),
-                self.batch_size, self.device, self.threads, self.precision, pure=False,
-                key=f"asap-embed-{self.calls}-{k}",
+                self.batch_size, self.device, self.threads, self.precision, self.decode,
+                pure=False,
+                key=f"asap-embed-{self.calls}-{k}", resources=self.resources,
             ))  # fmt: skip
         for fut in progress(futs, self.client, "embed", self.progress, "chunk"):
             self.devices.add(fut.result()["device"])

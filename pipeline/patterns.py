@@ -511,6 +511,9 @@ def stage_patterns(cfg: RunConfig, run: RunPaths, images: pd.DataFrame, parts: l
         run.patterns.unlink(missing_ok=True)
     todo = [i for i in range(len(parts)) if not run.part_patches(i).exists()]
     paths_of = images.set_index("id")["path_bytes"]
+    from .runner import model_resources
+
+    resources = model_resources(client)  # the tasks below run the model: on GPU workers
     futs = []
     for i in todo:
         ids = read_table(run.part_features(i), PART_FEATURE_COLUMNS)["id"]
@@ -518,7 +521,7 @@ def stage_patterns(cfg: RunConfig, run: RunPaths, images: pd.DataFrame, parts: l
             patch_partition, i, paths_of.loc[ids].tolist(), str(run.root.resolve()),
             str(run.encoder.resolve()), sha, pcfg, cfg.device, cfg.batch_size,
             [cfg.maps, *cfg.compare_maps], len(parts), pure=False,
-            key=f"asap-patches-{sha[:12]}-{i}",
+            key=f"asap-patches-{sha[:12]}-{i}", resources=resources,
         ))  # fmt: skip
     for f in progress(futs, client, "patches", cfg.progress, "part"):
         f.result()  # re-raise a failed partition here
@@ -537,6 +540,7 @@ def stage_patterns(cfg: RunConfig, run: RunPaths, images: pd.DataFrame, parts: l
         jobs[pk] = client.submit(
             pattern_impact, paths_of.loc[img_ids].tolist(), [cells[i] for i in img_ids],
             str(run.encoder.resolve()), sha, cfg.device, pcfg.seed + int(pk), pure=False,
+            resources=resources,
         )  # fmt: skip
     for f in progress(list(jobs.values()), client, "pattern impact", cfg.progress, "pattern"):
         f.result()

@@ -70,19 +70,47 @@ def _say(cfg: RunConfig, msg: str) -> None:
         print(f"[asap] {msg}", file=sys.stderr, flush=True)
 
 
-def gpu_cluster(n_workers: int, device_count: int, threads: int = 2, env=None):
+GPU_RESOURCE = "GPU"  # what ASAP's GPU workers declare; the tasks that run a model ask for it
+
+
+def default_cpu_workers(n_gpu_workers: int, cores: int | None = None) -> int:
+    """CPU-only workers beside the GPU workers on one machine: the cores left after 4 per GPU
+    worker (its two partitions in flight and their host threads). On one H200 with 16 cores a
+    single GPU worker's 2 threads did the whole ingest (issue 10); these take it, with the layout's
+    chunks and the pattern stage's clustering, while the GPU workers run the models."""
+    cores = cores if cores is not None else (os.cpu_count() or 1)
+    return max(0, cores - 4 * n_gpu_workers)
+
+
+def gpu_cluster(n_workers: int, device_count: int, threads: int = 2, env=None,
+                cpu_workers: int = 0):  # fmt: skip
     """A local cluster of ``n_workers`` GPU workers, worker i on GPU i (its environment's
-    CUDA_VISIBLE_DEVICES lists that GPU first; see pipeline.devices)."""
+    CUDA_VISIBLE_DEVICES lists that GPU first; see pipeline.devices), each declaring the resource
+    ``GPU``, and ``cpu_workers`` one-thread workers that see no GPU."""
     from distributed import Nanny, Scheduler, SpecCluster
 
     envs = gpu_worker_env(n_workers, os.environ if env is None else env, device_count)
     workers = {
         f"gpu-{i}": {
             "cls": Nanny,
-            "options": {"nthreads": threads, "env": e, "silence_logs": logging.ERROR},
+            "options": {
+                "nthreads": threads,
+                "env": e,
+                "silence_logs": logging.ERROR,
+                "resources": {GPU_RESOURCE: 1},
+            },  # fmt: skip
         }
         for i, e in enumerate(envs)
     }
+    for j in range(cpu_workers):
+        workers[f"cpu-{j}"] = {
+            "cls": Nanny,
+            "options": {
+                "nthreads": 1,
+                "env": {"CUDA_VISIBLE_DEVICES": ""},
+                "silence_logs": logging.ERROR,
+            },  # fmt: skip
+        }
     scheduler = {"cls": Scheduler, "options": {"dashboard_address": ":0"}}
     return SpecCluster(workers=workers, scheduler=scheduler, silence_logs=logging.ERROR)
 
@@ -113,7 +141,8 @@ def dask_client(cfg: RunConfig):
     gpu = torch.cuda.is_available() and cfg.device != "cpu"
     with dask.config.set(WORKER_SETTINGS):
         if gpu:
-            cluster = gpu_cluster(n, torch.cuda.device_count())
+            cpu = cfg.cpu_workers if cfg.cpu_workers is not None else default_cpu_workers(n)
+            cluster = gpu_cluster(n, torch.cuda.device_count(), cpu_workers=cpu)
         else:
             cluster = LocalCluster(
                 n_workers=n,
@@ -142,6 +171,16 @@ def close_cluster(client, cluster, wait_s: float = 30.0) -> None:
     finally:
         client.close()
         cluster.close()
+
+
+def model_resources(client) -> dict | None:
+    """The resources a task that runs a model asks for: ``GPU`` where some worker declares it
+    (ASAP's GPU cluster, or workers started with ``--resources GPU=1``), so that the CPU-only
+    workers beside them never get one; else none."""
+    workers = client.scheduler_info()["workers"].values()
+    if any(GPU_RESOURCE in (w.get("resources") or {}) for w in workers):
+        return {GPU_RESOURCE: 1}
+    return None
 
 
 def _torch_threads(cfg: RunConfig, client) -> int | None:
@@ -278,7 +317,9 @@ def stage_train(cfg: RunConfig, paths: RunPaths, images: pd.DataFrame, client=No
         embedder = DaskEmbedder(client, cfg.encoder, paths.root / "model" / "embed-tmp",
                                 chunk=cfg.partition_size, batch_size=cfg.batch_size,
                                 device=cfg.device, torch_threads=_torch_threads(cfg, client),
-                                precision=cfg.precision, progress=cfg.progress)  # fmt: skip
+                                precision=cfg.precision, progress=cfg.progress,
+                                decode=cfg.decode,
+                                resources=model_resources(client))  # fmt: skip
     try:
         # a tower trained from scratch: its images decoded by the workers, not in this process
         info = train_encoder(model, images, cfg.train, device=device, embedder=embedder,
@@ -311,6 +352,7 @@ def stage_encode(cfg: RunConfig, paths: RunPaths, images: pd.DataFrame, sha: str
     todo = [i for i in range(len(parts)) if not paths.part_features(i).exists()]
     _say(cfg, f"encode+explain: {len(parts)} partitions, {len(parts) - len(todo)} already done")
     threads = _torch_threads(cfg, client)
+    resources = model_resources(client)
     limits = {"max_pixels": cfg.max_pixels, "min_side": cfg.min_side}
     from .worker import encode_partition
 
@@ -328,6 +370,7 @@ def stage_encode(cfg: RunConfig, paths: RunPaths, images: pd.DataFrame, sha: str
             compare=cfg.compare_maps,
             device=cfg.device,
             precision=cfg.precision,
+            decode=cfg.decode,
             torch_threads=threads,
             limits=limits,
             # the patch descriptors come from the batches on the device (issue 10)
@@ -335,6 +378,7 @@ def stage_encode(cfg: RunConfig, paths: RunPaths, images: pd.DataFrame, sha: str
             n_parts=len(parts),
             pure=False,
             key=f"asap-encode-{sha[:12]}-{i}",
+            resources=resources,
         )
         for i in todo
     ]

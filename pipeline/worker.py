@@ -12,11 +12,11 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .batchread import BatchReader
 from .config import PatternConfig
 from .devices import worker_device
 from .encoder import ASAPEncoder, load_encoder
 from .explain import explain
-from .imageio import ImageRejected, load_for_model, normalize
 from .precision import compute_precision, resolve_precision
 from .schema import (
     DISTILLED_COLUMNS,
@@ -44,19 +44,6 @@ def cached_model(path: str, sha: str, device: str) -> ASAPEncoder:
     return _MODELS[key]
 
 
-def _load_batch(paths: list[bytes], size: int, limits: dict):
-    """Decode a batch in one thread. Measured on an H100 with ViT-B-32: 8 decoding threads per
-    batch made the loop slower (618 -> 526 img/s; decoding small PNGs holds the GIL most of the
-    time), so a GPU worker runs two partitions at once instead (pipeline.runner.dask_client)."""
-    arrs, fails = [], []
-    for i, p in enumerate(paths):
-        try:
-            arrs.append(load_for_model(p, size, **limits))
-        except ImageRejected as e:  # changed on disk since ingest
-            fails.append((i, e.reason))
-    return arrs, fails
-
-
 def encode_rows(
     model: ASAPEncoder,
     paths: list[bytes],
@@ -68,31 +55,34 @@ def encode_rows(
     compare: tuple[str, ...] = (),
     precision: str = "auto",
     on_batch=None,
+    decode: str = "auto",
 ):
     """Encode + explain ``paths`` with method ``maps`` (and the fake maps of the ``compare``
     methods): (index of each kept path, outputs dict, [(index, reason)]). ``on_batch(pixels,
     explanation, first)``, if given, sees each batch on the device (``first``: the batch's first
     row among the kept images), as the pattern stage's patch descriptors do."""
-    limits = limits or {}
-    size, mean, std = model.image_size, model.preprocess["mean"], model.preprocess["std"]
+    reader = BatchReader(model.image_size, model.preprocess["mean"], model.preprocess["std"],
+                         device, limits=limits, decode=decode)  # fmt: skip
     n = len(paths)
     batches = [list(range(s, min(s + batch_size, n))) for s in range(0, n, batch_size)]
     kept, fails = [], []
     out = {"distilled": [], "logit": [], "maps": [], "compare": []}
-    with ThreadPoolExecutor(1) as pool:  # decode the next batch while the model runs
+    # The host's part of the next batch (reading; PIL decoding where nvJPEG is not used) runs on
+    # a thread while the model computes. Measured on an H100 with ViT-B-32: 8 decoding threads
+    # per batch made the loop slower (618 -> 526 img/s; decoding small PNGs holds the GIL most of
+    # the time), so a GPU worker runs two partitions at once instead, and decodes JPEGs on the GPU.
+    with ThreadPoolExecutor(1) as pool:
         if batches:
-            pending = pool.submit(_load_batch, [paths[i] for i in batches[0]], size, limits)
+            pending = pool.submit(reader.read_host, [paths[i] for i in batches[0]])
         for b, idx in enumerate(batches):
-            arrs, bad = pending.result()
+            host = pending.result()
             if b + 1 < len(batches):
-                nxt = [paths[i] for i in batches[b + 1]]
-                pending = pool.submit(_load_batch, nxt, size, limits)
-            bad_set = {i for i, _ in bad}
-            fails += [(idx[i], r) for i, r in bad]
-            good = [g for i, g in enumerate(idx) if i not in bad_set]
+                pending = pool.submit(reader.read_host, [paths[i] for i in batches[b + 1]])
+            pixels, rows = reader.to_device(host)
+            fails += [(idx[i], r) for i, r in host.fails]
+            good = [idx[i] for i in rows]
             if not good:
                 continue
-            pixels = normalize(np.stack(arrs), mean, std).to(device)
             with compute_precision(precision, device):
                 ex = explain(model, pixels, maps, compare)
                 if on_batch is not None:
@@ -136,6 +126,7 @@ def encode_partition(
     precision: str = "auto",
     patterns: PatternConfig | None = None,
     n_parts: int = 1,
+    decode: str = "auto",
 ) -> dict:
     """Compute and write one partition; a partition whose features file exists is skipped.
     With ``patterns``, also the partition's patch file (pipeline.patterns: the top patches'
@@ -170,6 +161,7 @@ def encode_partition(
         compare=compare,
         precision=precision,
         on_batch=on_batch,
+        decode=decode,
     )
     kept = np.asarray(kept, dtype=np.int64)
     feats = pd.DataFrame({"id": ids[kept]})

@@ -12,7 +12,7 @@ import textwrap
 import pytest
 
 from pipeline.devices import claim_gpu, gpu_worker_env, resolve_device, visible_gpus
-from pipeline.runner import gpu_cluster
+from pipeline.runner import default_cpu_workers, gpu_cluster, model_resources
 
 
 def _never(visible):
@@ -124,3 +124,37 @@ def test_local_gpu_cluster_gives_each_worker_its_own_gpu(tmp_path):
         assert sorted(envs.values()) == ["0,1", "1,0"]
         physical = client.run(_worker_choice, tmp_path)
         assert sorted(physical.values()) == ["0", "1"]
+
+
+def test_cpu_workers_take_the_cores_left_after_four_per_gpu():
+    assert default_cpu_workers(1, cores=16) == 12
+    assert default_cpu_workers(8, cores=64) == 32
+    assert default_cpu_workers(1, cores=2) == 0  # a small machine: the GPU worker alone
+
+
+def _gpu_visible() -> str:
+    return os.environ["CUDA_VISIBLE_DEVICES"]
+
+
+@pytest.mark.slow
+def test_model_tasks_run_only_on_gpu_workers_beside_cpu_workers():
+    """ASAP's GPU cluster with CPU-only workers beside it: the CPU workers see no GPU, the GPU
+    worker declares the resource, and a task that asks for it (every task that runs a model)
+    lands on the GPU worker alone, while plain tasks use every worker."""
+    from distributed import Client
+
+    with gpu_cluster(1, 1, threads=1, env={}, cpu_workers=2) as cluster, Client(cluster) as client:
+        client.wait_for_workers(3)
+        envs = client.run(_gpu_visible)
+        assert sorted(envs.values()) == ["", "", "0"]
+        gpu_addr = next(a for a, v in envs.items() if v == "0")
+        res = model_resources(client)
+        assert res == {"GPU": 1}
+        futs = [client.submit(_gpu_visible, pure=False, resources=res) for _ in range(12)]
+        assert {f.result() for f in futs} == {"0"}
+        assert {client.who_has(f)[f.key][0] for f in futs} == {gpu_addr}
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False) as plain:
+        with Client(plain) as c2:
+            assert model_resources(c2) is None  # no worker declares a GPU: no restriction

@@ -1,0 +1,153 @@
+"""Decoders and precisions side by side in one process, on the same JPEGs and model (issue 10).
+
+For ``--decode cpu`` (PIL on the host) and ``--decode auto`` (nvJPEG on the GPU for plain JPEGs),
+alternating, ``--repeats`` times each:
+
+- decode only: ``pipeline.batchread.BatchReader.read`` on every batch, the device synchronised;
+- the encode loop: ``pipeline.worker.encode_rows`` (decode with its prefetch thread, forward, the
+  default maps and the comparison maps), img/s.
+
+Then what the choice changes: the pixels (grey levels) and the stored fake maps of the two
+decoders on the same images (Spearman rank correlation per image, share whose top patch is the
+same), and the same for the precisions (``tf32`` and ``bf16`` against ``fp32``, PIL pixels).
+Last line:
+
+    decode_pil_img_per_s=A decode_nvjpeg_img_per_s=B encode_pil_img_per_s=C
+    encode_nvjpeg_img_per_s=D top_patch_same=E rho_median=F
+
+    python benchmarks/decode.py --device cuda --model ViT-B-32 --pretrained CKPT --n 4096
+    python benchmarks/decode.py --n 256           # the CPU: both routes are PIL's
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+try:  # must come before the package imports: see benchmarks/_isolate.py
+    import _isolate  # noqa: F401
+except ModuleNotFoundError:
+    pass
+import numpy as np
+import torch
+
+from pipeline.batchread import BatchReader
+from pipeline.config import EncoderConfig
+from pipeline.encoder import create_encoder
+from pipeline.explain import DEFAULT_METHOD
+from pipeline.worker import encode_rows
+
+
+def _sync(device: str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per-row Spearman correlation of (n, k) arrays."""
+    ra = a.argsort(1).argsort(1).astype(np.float64)
+    rb = b.argsort(1).argsort(1).astype(np.float64)
+    ra -= ra.mean(1, keepdims=True)
+    rb -= rb.mean(1, keepdims=True)
+    den = np.sqrt((ra**2).sum(1) * (rb**2).sum(1))
+    return (ra * rb).sum(1) / np.where(den > 0, den, 1.0)
+
+
+def agreement(ref: np.ndarray, other: np.ndarray) -> tuple[float, float]:
+    """(share of images whose fake map's top patch is the same, median Spearman rho)."""
+    a = ref[:, 0].reshape(len(ref), -1).astype(np.float32)
+    b = other[:, 0].reshape(len(other), -1).astype(np.float32)
+    same = float((a.argmax(1) == b.argmax(1)).mean())
+    return same, float(np.median(_spearman(a, b)))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--images", default=None, help="JPEG folder (default: scale.py's, generated)")
+    ap.add_argument("--n", type=int, default=4096)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--model", default="asap-tiny-vit-64")
+    ap.add_argument("--pretrained", default=None)
+    ap.add_argument("--batch-size", type=int, default=512)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    folder = Path(args.images or f"/tmp/asap-scale-{args.n}")
+    if not folder.exists():
+        from scale import make_images
+
+        make_images(folder, args.n)
+    paths = sorted(str(p).encode() for p in folder.rglob("*.jpg"))[: args.n]
+    device = args.device
+    torch.manual_seed(0)
+    model = create_encoder(EncoderConfig(model_name=args.model, pretrained=args.pretrained))
+    model = model.to(device).eval().requires_grad_(False)
+    size, mean, std = model.image_size, model.preprocess["mean"], model.preprocess["std"]
+    compare = ("chefer_last", "attention")
+    print(f"{len(paths)} JPEGs from {folder}; {args.model} on {device}, batch {args.batch_size}",
+          flush=True)  # fmt: skip
+
+    def decode_only(decode: str) -> float:
+        reader = BatchReader(size, mean, std, device, decode=decode)
+        t0 = time.perf_counter()
+        for s in range(0, len(paths), args.batch_size):
+            reader.read(paths[s : s + args.batch_size])
+        _sync(device)
+        return len(paths) / (time.perf_counter() - t0)
+
+    def encode(decode: str, precision: str = "auto", n: int | None = None):
+        t0 = time.perf_counter()
+        kept, out, _ = encode_rows(model, paths[:n], batch_size=args.batch_size,
+                                   maps=DEFAULT_METHOD, device=device, compare=compare,
+                                   precision=precision, decode=decode)  # fmt: skip
+        return len(kept) / (time.perf_counter() - t0), out
+
+    decoders = ("cpu", "auto")
+    for d in decoders:  # warm-up: nvJPEG's handles, cuDNN/cuBLAS choices, the page cache
+        decode_only(d)
+        encode(d, n=args.batch_size)
+    dec = {d: [] for d in decoders}
+    enc = {d: [] for d in decoders}
+    for _ in range(args.repeats):
+        for d in decoders:
+            dec[d].append(decode_only(d))
+            enc[d].append(encode(d)[0])
+    for d in decoders:
+        print(f"decode={d}: decode only {statistics.median(dec[d]):,.0f} img/s "
+              f"({', '.join(f'{v:,.0f}' for v in dec[d])}); encode loop "
+              f"{statistics.median(enc[d]):,.0f} img/s ({', '.join(f'{v:,.0f}' for v in enc[d])})",
+              flush=True)  # fmt: skip
+
+    n_eq = min(len(paths), 1024)
+    r_pil = BatchReader(size, mean, std, device, decode="cpu")
+    r_dev = BatchReader(size, mean, std, device, decode="auto")
+    x_pil, _, _ = r_pil.read(paths[:n_eq])
+    x_dev, _, _ = r_dev.read(paths[:n_eq])
+    levels = (x_dev - x_pil) * torch.tensor(std, device=x_pil.device).view(1, 3, 1, 1) * 255
+    levels = levels.abs().float()
+    identical = (levels.amax((1, 2, 3)) == 0).float().mean()
+    print(f"pixels, nvJPEG route vs PIL on {n_eq} images: mean |diff| {levels.mean():.3f} grey "
+          f"levels, max {levels.max():.1f}, images identical {identical:.3f}")  # fmt: skip
+    _, out_pil = encode("cpu", n=n_eq)
+    _, out_dev = encode("auto", n=n_eq)
+    same, rho = agreement(out_pil["maps"], out_dev["maps"])
+    dp = np.abs(out_pil["p_fake"] - out_dev["p_fake"]).max()
+    print(f"fake maps, nvJPEG route vs PIL: top patch same {same:.3f}, median rho {rho:.4f}; "
+          f"p(fake) max |diff| {dp:.2e}")  # fmt: skip
+    if torch.device(device).type == "cuda":
+        _, ref = encode("cpu", "fp32", n=n_eq)
+        for prec in ("tf32", "bf16"):
+            _, o = encode("cpu", prec, n=n_eq)
+            s, r = agreement(ref["maps"], o["maps"])
+            print(f"fake maps, {prec} vs fp32 (PIL pixels, {n_eq} images): top patch same "
+                  f"{s:.3f}, median rho {r:.4f}")  # fmt: skip
+    print(f"decode_pil_img_per_s={statistics.median(dec['cpu']):.0f} "
+          f"decode_nvjpeg_img_per_s={statistics.median(dec['auto']):.0f} "
+          f"encode_pil_img_per_s={statistics.median(enc['cpu']):.0f} "
+          f"encode_nvjpeg_img_per_s={statistics.median(enc['auto']):.0f} "
+          f"top_patch_same={same:.3f} rho_median={rho:.4f}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
