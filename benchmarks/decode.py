@@ -9,7 +9,8 @@ alternating, ``--repeats`` times each:
 
 Then what the choice changes: the pixels (grey levels) and the stored fake maps of the two
 decoders on the same images (Spearman rank correlation per image, share whose top patch is the
-same), and the same for the precisions (``tf32`` and ``bf16`` against ``fp32``, PIL pixels).
+same), beside a noise floor (PIL's pixels each moved by -1, 0 or +1 grey level at random), and
+the same for the precisions (``tf32`` and ``bf16`` against ``fp32``, PIL pixels).
 Last line:
 
     decode_pil_img_per_s=A decode_nvjpeg_img_per_s=B encode_pil_img_per_s=C
@@ -35,8 +36,9 @@ import torch
 
 from pipeline.batchread import BatchReader
 from pipeline.config import EncoderConfig
-from pipeline.encoder import create_encoder
-from pipeline.explain import DEFAULT_METHOD
+from pipeline.encoder import create_encoder, load_encoder
+from pipeline.explain import DEFAULT_METHOD, explain
+from pipeline.precision import compute_precision
 from pipeline.worker import encode_rows
 
 
@@ -71,7 +73,9 @@ def main() -> None:
     ap.add_argument("--model", default="asap-tiny-vit-64")
     ap.add_argument("--pretrained", default=None)
     ap.add_argument("--batch-size", type=int, default=512)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=3, help="timed rounds (0: equivalence only)")
+    ap.add_argument("--n-equivalence", type=int, default=1024, help="images compared")
+    ap.add_argument("--encoder", default=None, help="a trained ASAP encoder instead of --model")
     args = ap.parse_args()
     folder = Path(args.images or f"/tmp/asap-scale-{args.n}")
     if not folder.exists():
@@ -81,11 +85,15 @@ def main() -> None:
     paths = sorted(str(p).encode() for p in folder.rglob("*.jpg"))[: args.n]
     device = args.device
     torch.manual_seed(0)
-    model = create_encoder(EncoderConfig(model_name=args.model, pretrained=args.pretrained))
+    if args.encoder:
+        model = load_encoder(args.encoder, device)
+    else:
+        model = create_encoder(EncoderConfig(model_name=args.model, pretrained=args.pretrained))
     model = model.to(device).eval().requires_grad_(False)
     size, mean, std = model.image_size, model.preprocess["mean"], model.preprocess["std"]
     compare = ("chefer_last", "attention")
-    print(f"{len(paths)} JPEGs from {folder}; {args.model} on {device}, batch {args.batch_size}",
+    name = args.encoder or args.model
+    print(f"{len(paths)} JPEGs from {folder}; {name} on {device}, batch {args.batch_size}",
           flush=True)  # fmt: skip
 
     def decode_only(decode: str) -> float:
@@ -104,7 +112,9 @@ def main() -> None:
         return len(kept) / (time.perf_counter() - t0), out
 
     decoders = ("cpu", "auto")
-    for d in decoders:  # warm-up: nvJPEG's handles, cuDNN/cuBLAS choices, the page cache
+    for d in decoders[
+        : 2 if args.repeats else 0
+    ]:  # warm-up: nvJPEG's handles, cuDNN/cuBLAS choices, the page cache
         decode_only(d)
         encode(d, n=args.batch_size)
     dec = {d: [] for d in decoders}
@@ -113,35 +123,48 @@ def main() -> None:
         for d in decoders:
             dec[d].append(decode_only(d))
             enc[d].append(encode(d)[0])
-    for d in decoders:
+    for d in decoders[: 2 if args.repeats else 0]:
         print(f"decode={d}: decode only {statistics.median(dec[d]):,.0f} img/s "
               f"({', '.join(f'{v:,.0f}' for v in dec[d])}); encode loop "
               f"{statistics.median(enc[d]):,.0f} img/s ({', '.join(f'{v:,.0f}' for v in enc[d])})",
               flush=True)  # fmt: skip
 
-    n_eq = min(len(paths), 1024)
+    n_eq = min(len(paths), args.n_equivalence)
     r_pil = BatchReader(size, mean, std, device, decode="cpu")
     r_dev = BatchReader(size, mean, std, device, decode="auto")
     x_pil, _, _ = r_pil.read(paths[:n_eq])
     x_dev, _, _ = r_dev.read(paths[:n_eq])
-    levels = (x_dev - x_pil) * torch.tensor(std, device=x_pil.device).view(1, 3, 1, 1) * 255
-    levels = levels.abs().float()
+    scale = torch.tensor(std, device=x_pil.device).view(1, 3, 1, 1) * 255
+    levels = ((x_dev - x_pil) * scale).abs().float()
     identical = (levels.amax((1, 2, 3)) == 0).float().mean()
     print(f"pixels, nvJPEG route vs PIL on {n_eq} images: mean |diff| {levels.mean():.3f} grey "
           f"levels, max {levels.max():.1f}, images identical {identical:.3f}")  # fmt: skip
-    _, out_pil = encode("cpu", n=n_eq)
-    _, out_dev = encode("auto", n=n_eq)
-    same, rho = agreement(out_pil["maps"], out_dev["maps"])
-    dp = np.abs(out_pil["p_fake"] - out_dev["p_fake"]).max()
-    print(f"fake maps, nvJPEG route vs PIL: top patch same {same:.3f}, median rho {rho:.4f}; "
-          f"p(fake) max |diff| {dp:.2e}")  # fmt: skip
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    step = torch.randint(-1, 2, x_pil.shape, generator=gen).to(x_pil.device)
+    x_dither = x_pil + step / scale  # every pixel moved by -1, 0 or +1 grey level
+
+    def maps_of(x, precision="auto"):
+        out = []
+        for s in range(0, len(x), args.batch_size):
+            with compute_precision(precision, device):
+                ex = explain(model, x[s : s + args.batch_size], DEFAULT_METHOD, compare)
+            out.append(ex.maps.detach().half().float().cpu().numpy())
+        return np.concatenate(out)
+
+    ref = maps_of(x_pil)
+    same, rho = agreement(ref, maps_of(x_dev))
+    print(f"fake maps, nvJPEG route vs PIL: top patch same {same:.3f}, median rho {rho:.4f}")
+    s_d, r_d = agreement(ref, maps_of(x_dither))
+    print(f"noise floor, PIL pixels each moved by -1/0/+1 grey level vs PIL: top patch same "
+          f"{s_d:.3f}, median rho {r_d:.4f}")  # fmt: skip
     if torch.device(device).type == "cuda":
-        _, ref = encode("cpu", "fp32", n=n_eq)
+        ref32 = maps_of(x_pil, "fp32")
         for prec in ("tf32", "bf16"):
-            _, o = encode("cpu", prec, n=n_eq)
-            s, r = agreement(ref["maps"], o["maps"])
+            s_p, r_p = agreement(ref32, maps_of(x_pil, prec))
             print(f"fake maps, {prec} vs fp32 (PIL pixels, {n_eq} images): top patch same "
-                  f"{s:.3f}, median rho {r:.4f}")  # fmt: skip
+                  f"{s_p:.3f}, median rho {r_p:.4f}", flush=True)  # fmt: skip
+    if not args.repeats:
+        return
     print(f"decode_pil_img_per_s={statistics.median(dec['cpu']):.0f} "
           f"decode_nvjpeg_img_per_s={statistics.median(dec['auto']):.0f} "
           f"encode_pil_img_per_s={statistics.median(enc['cpu']):.0f} "
