@@ -3,8 +3,9 @@
 # issue 10 in one go, each step under its own time limit so that one failure leaves the others:
 #   1. SCALE_N 256 px JPEGs (benchmarks/scale.py's generator, one process per core);
 #   2. benchmarks/decode.py: PIL vs nvJPEG decoding and the encode loop side by side, what the
-#      choice changes in the pixels and maps, and tf32 / bf16 maps against fp32 (ViT-B-32);
-#   3. benchmarks/scale.py: the real `asap run` end to end on the SCALE_N images with a frozen
+#      choice changes in the pixels and maps, the nvJPEG race check (pytorch/vision#9606) with
+#      and without ASAP's guard, and tf32 / bf16 maps against fp32 (ViT-B-32);
+#   3. benchmarks/scale.py: the real `asap run --decode nvjpeg` end to end on SCALE_N images, frozen
 #      ViT-B-32 (random weights saved as a local checkpoint: no hub; speed does not depend on the
 #      weights), last line `e2e_img_per_s=A encode_efficiency=B driver_rss_mb=C`;
 #   4. benchmarks/pipeline.py (PNG images, R and E) with whatever time is left.
@@ -39,11 +40,11 @@ import sys, time; sys.path.insert(0, 'benchmarks')
 from pathlib import Path; from scale import make_images
 t = time.time(); make_images(Path('$IMG'), $N); print('images: $N in', round(time.time() - t, 1), 's')"
 python3 -c "import open_clip, torch; torch.save(open_clip.create_model('ViT-B-32').state_dict(), '/tmp/vitb32-random.pt')"
-step decode "${DECODE_LIMIT:-130}" python3 benchmarks/decode.py --images "$IMG" --n "${DECODE_N:-8192}" \
-  --device cuda --model ViT-B-32 --pretrained /tmp/vitb32-random.pt --batch-size 512 --repeats 3
+step decode "${DECODE_LIMIT:-170}" python3 benchmarks/decode.py --images "$IMG" --n "${DECODE_N:-8192}" \
+  --device cuda --model ViT-B-32 --pretrained /tmp/vitb32-random.pt --batch-size 512 --repeats 2
 step scale "${SCALE_LIMIT:-330}" python3 benchmarks/scale.py --n "$N" --images "$IMG" \
   --device cuda --model ViT-B-32 --pretrained /tmp/vitb32-random.pt -- --train-limit 20000 \
-  --batch-size 512 --partition-size 4096 --quiet
+  --batch-size 512 --partition-size 4096 --decode nvjpeg --quiet
 step pipeline 150 python3 benchmarks/pipeline.py --device cuda --models ViT-B-32 \
   --n-large 2048 --batch-size 128 --repeats 2
 echo "done at t=${SECONDS} s"

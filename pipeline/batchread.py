@@ -16,15 +16,19 @@ one or three components without an Adobe colour transform marker, no EXIF orient
 1, within the pixel guards, ending in an EOI marker (a truncated file is decoded by PIL, which
 rejects it). Everything else, and any batch nvJPEG refuses, is decoded by PIL, image by image, so a
 file that changed since ingest is still rejected with PIL's reason instead of failing the task.
-``decode="cpu"`` (``asap run --decode cpu``) keeps every image on PIL; on a CPU device that is
-what ``auto`` does as well.
+``decode="nvjpeg"`` (``asap run --decode nvjpeg``) turns the GPU route on; ``pil``, the default,
+decodes every image with PIL, and so does ``nvjpeg`` on a CPU device. The default stays PIL until
+the guard below (GUARD_STREAM) has been checked on a GPU (``benchmarks/decode.py`` prints the
+check): the one GPU session that measured this route ran without it.
 
 The two decoders differ by a grey level here and there (nvJPEG's inverse DCT is not libjpeg's):
 ``benchmarks/gpu.sh`` measures the pixels and the maps of both on the same images."""
 
 from __future__ import annotations
 
+import contextlib
 import struct
+import threading
 import warnings
 from dataclasses import dataclass, field
 from functools import cache
@@ -34,7 +38,14 @@ import torch
 
 from .imageio import ImageRejected, decode_image, read_bytes, resize_center_crop
 
-DECODERS = ("auto", "cpu")
+DECODERS = ("pil", "nvjpeg")
+# nvJPEG's hardware engine writes its outputs before the work already queued on the stream it is
+# given has run (pytorch/vision#9606, fixed upstream after the torchvision 0.26 measured here): on
+# the caller's stream, its outputs can take memory that queued kernels are still reading and
+# corrupt them. ASAP decodes on a stream of its own, whose memory pool no model kernel shares, and
+# marks the outputs as used by the model's stream. ``False`` only for benchmarks/decode.py's check.
+GUARD_STREAM = True
+_LOCAL = threading.local()
 
 
 @cache
@@ -61,7 +72,15 @@ def _nvjpeg_works(device: str) -> bool:
 def use_nvjpeg(decode: str, device: str) -> bool:
     if decode not in DECODERS:
         raise ValueError(f"unknown decoder {decode!r}; choose one of {', '.join(DECODERS)}")
-    return decode == "auto" and torch.device(device).type == "cuda" and _nvjpeg_works(device)
+    return decode == "nvjpeg" and torch.device(device).type == "cuda" and _nvjpeg_works(device)
+
+
+def _decode_stream(device: str):
+    """This thread's own CUDA stream for nvJPEG on ``device`` (see GUARD_STREAM)."""
+    streams = _LOCAL.__dict__.setdefault("streams", {})
+    if device not in streams:
+        streams[device] = torch.cuda.Stream(device=device)
+    return streams[device]
 
 
 _SOF = {0xC0: "baseline", 0xC1: "extended", 0xC2: "progressive", 0xC3: "lossless"}
@@ -155,7 +174,7 @@ class BatchReader:
     """Reads batches of ``paths`` for a model of input ``size`` on ``device``; see the module."""
 
     def __init__(self, size: int, mean, std, device: str, *, limits: dict | None = None,
-                 decode: str = "auto"):  # fmt: skip
+                 decode: str = "pil"):  # fmt: skip
         self.size, self.device, self.limits = size, device, dict(limits or {})
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
@@ -187,10 +206,20 @@ class BatchReader:
         from torchvision.io import ImageReadMode, decode_jpeg
 
         tensors = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for _, d in host.jpegs]
+        cuda = torch.device(self.device).type == "cuda"
+        guard = cuda and GUARD_STREAM
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), contextlib.ExitStack() as stack:
                 warnings.simplefilter("ignore")  # torchvision 0.29 deprecates its decoders
+                if guard:
+                    side = _decode_stream(self.device)
+                    stack.enter_context(torch.cuda.stream(side))
                 decoded = decode_jpeg(tensors, mode=ImageReadMode.RGB, device=self.device)
+            if guard:
+                current = torch.cuda.current_stream(self.device)
+                current.wait_stream(side)
+                for t in decoded:  # not reused by the decoder until the model's reads are done
+                    t.record_stream(current)
         except RuntimeError:  # one bad file fails the batched call: PIL decodes them one by one
             for i, d in host.jpegs:
                 self._decode_host(i, d, host)

@@ -209,9 +209,9 @@ class RunConfig:
     device: str | None = None  # "cpu", "cuda"; None: cuda when the worker has one
     # arithmetic of the encoder and its maps (pipeline.precision): auto = tf32 on a GPU, else fp32
     precision: str = "auto"
-    # JPEG decoding on a GPU worker (pipeline.batchread): auto = nvJPEG on the GPU for plain
-    # JPEGs, PIL for the rest; cpu = PIL for every image. On a CPU device both are PIL.
-    decode: str = "auto"
+    # image decoding for the model (pipeline.batchread): pil = PIL on the CPU for every image;
+    # nvjpeg = plain JPEGs decoded by nvJPEG on a worker's GPU, the rest by PIL (PIL on a CPU)
+    decode: str = "pil"
     max_pixels: int = 64_000_000  # decompression-bomb guard
     min_side: int = 8  # smaller images are rejected
     progress: bool = True

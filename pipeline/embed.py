@@ -38,7 +38,7 @@ def _tower(enc: dict, device: str):
 
 def embed_chunk(enc: dict, paths: list[bytes], out_file: str, batch_size: int,
                 device: str | None, torch_threads: int | None, precision: str,
-                decode: str = "auto") -> dict:  # fmt: skip
+                decode: str = "pil") -> dict:  # fmt: skip
     """Embeddings (n, E) float32 and the decode mask (n,) of ``paths``, written to ``out_file``."""
     t0 = time.perf_counter()
     if torch_threads:
@@ -73,7 +73,7 @@ class DaskEmbedder:
 
     def __init__(self, client, enc: EncoderConfig, work_dir: Path, *, chunk: int, batch_size: int,
                  device: str | None, torch_threads: int | None, precision: str,
-                 progress: bool = False, decode: str = "auto",
+                 progress: bool = False, decode: str = "pil",
                  resources: dict | None = None):  # fmt: skip
         from dataclasses import asdict
 

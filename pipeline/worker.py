@@ -55,7 +55,7 @@ def encode_rows(
     compare: tuple[str, ...] = (),
     precision: str = "auto",
     on_batch=None,
-    decode: str = "auto",
+    decode: str = "pil",
 ):
     """Encode + explain ``paths`` with method ``maps`` (and the fake maps of the ``compare``
     methods): (index of each kept path, outputs dict, [(index, reason)]). ``on_batch(pixels,
@@ -126,7 +126,7 @@ def encode_partition(
     precision: str = "auto",
     patterns: PatternConfig | None = None,
     n_parts: int = 1,
-    decode: str = "auto",
+    decode: str = "pil",
 ) -> dict:
     """Compute and write one partition; a partition whose features file exists is skipped.
     With ``patterns``, also the partition's patch file (pipeline.patterns: the top patches'

@@ -89,7 +89,7 @@ def _files(tmp_path, n=12):
 
 def test_cpu_reader_equals_the_image_by_image_reader_bit_for_bit(tmp_path):
     paths = _files(tmp_path)
-    x, kept, fails = BatchReader(64, MEAN, STD, "cpu").read(paths)
+    x, kept, fails = BatchReader(64, MEAN, STD, "cpu", decode="nvjpeg").read(paths)
     assert [i for i, _ in fails] == [3, 8]  # the corrupt file and the vanished one
     assert "corrupt" in fails[0][1] and "vanished" in fails[1][1]
     assert kept == [i for i in range(len(paths)) if i not in (3, 8)]
@@ -100,12 +100,12 @@ def test_cpu_reader_equals_the_image_by_image_reader_bit_for_bit(tmp_path):
 @pytest.fixture
 def device_decoder(monkeypatch):
     """The nvJPEG route with torchvision's CPU decoder standing in for nvJPEG."""
-    monkeypatch.setattr(batchread, "use_nvjpeg", lambda decode, device: decode == "auto")
+    monkeypatch.setattr(batchread, "use_nvjpeg", lambda decode, device: decode == "nvjpeg")
 
 
 def test_device_route_matches_pil_and_keeps_the_order(tmp_path, device_decoder):
     paths = [p for p in _files(tmp_path) if b"corrupt" not in p]
-    reader = BatchReader(64, MEAN, STD, "cpu")
+    reader = BatchReader(64, MEAN, STD, "cpu", decode="nvjpeg")
     host = reader.read_host(paths)
     assert len(host.jpegs) == 12 and len(host.arrays) == 1  # the PNG went to PIL
     x, kept = reader.to_device(host)
@@ -113,7 +113,7 @@ def test_device_route_matches_pil_and_keeps_the_order(tmp_path, device_decoder):
     png = next(i for i, p in enumerate(paths) if p.endswith(b".png"))
     assert kept == [i for i in range(len(paths)) if i != gone]
     assert [i for i, _ in host.fails] == [gone]
-    ref, kept_ref, _ = BatchReader(64, MEAN, STD, "cpu", decode="cpu").read(paths)
+    ref, kept_ref, _ = BatchReader(64, MEAN, STD, "cpu", decode="pil").read(paths)
     assert kept_ref == kept
     levels = ((x - ref) * torch.tensor(STD).view(1, 3, 1, 1) * 255).abs()
     # PIL decodes these at half scale in the DCT domain (draft), the device route at full size
@@ -126,8 +126,8 @@ def test_a_batch_the_device_decoder_refuses_falls_back_to_pil(tmp_path, device_d
     """One corrupt JPEG fails the whole batched call; each image is then decoded by PIL, which
     rejects only the corrupt one, with its reason."""
     paths = _files(tmp_path)
-    x, kept, fails = BatchReader(64, MEAN, STD, "cpu").read(paths)
-    ref, kept_ref, fails_ref = BatchReader(64, MEAN, STD, "cpu", decode="cpu").read(paths)
+    x, kept, fails = BatchReader(64, MEAN, STD, "cpu", decode="nvjpeg").read(paths)
+    ref, kept_ref, fails_ref = BatchReader(64, MEAN, STD, "cpu", decode="pil").read(paths)
     assert kept == kept_ref and fails == fails_ref
     assert torch.equal(x, ref)
 
