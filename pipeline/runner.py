@@ -62,6 +62,7 @@ IDENTITY_FIELDS = (
     "partition_size",
     "maps",
     "compare_maps",
+    "decode",  # maps of a pixel-residual detector move with the decoder (README, 'At scale')
 )
 
 
@@ -529,6 +530,14 @@ def run_pipeline(cfg: RunConfig, fresh: bool = False) -> RunPaths:
 
     with dask_client(cfg) as client:
         _say(cfg, f"Dask dashboard: {client.dashboard_link}")
+        if cfg.layout == "umap" and not paths.features.exists() and model_resources(client):
+            # With GPU workers the driver's cores idle until the layout: compile UMAP's code
+            # meanwhile (pipeline.layout.warm_up: on an empty Numba cache, 88 s of a 2-core VM
+            # that the layout of 100,000 points then no longer spends, 116 -> 37 s)
+            from .layout import warm_up
+            from .schema import N_DISTILLED
+
+            Background(warm_up, cfg.seed, N_DISTILLED)
         if not paths.images.exists():
             t0 = time.perf_counter()
             _say(cfg, f"ingest: scanning {cfg.source}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.layout import compute_layout
+from pipeline.layout import compute_layout, warm_up
 
 
 def _blobs(seed: int = 0) -> np.ndarray:
@@ -56,6 +56,23 @@ def test_umap_past_the_fit_sample_places_every_point_reproducibly():
     centres = np.stack([a[labels == k].mean(0) for k in range(2)])
     nearest = np.linalg.norm(a[:, None] - centres[None], axis=2).argmin(1)
     assert (nearest == labels).mean() > 0.95
+
+
+@pytest.mark.slow
+def test_umap_warm_up_leaves_the_layout_unchanged():
+    """A GPU run compiles UMAP's code on a driver thread while the workers encode: a layout
+    computed while that warm-up runs beside it, and one after it, equal the layout without it."""
+    import threading
+
+    x = _blobs()
+    alone = compute_layout(x, "umap", 5, fit_sample=40)
+    thread = threading.Thread(target=warm_up, args=(5, x.shape[1]))
+    thread.start()
+    beside = compute_layout(x, "umap", 5, fit_sample=40)
+    thread.join()
+    after = compute_layout(x, "umap", 5, fit_sample=40)
+    np.testing.assert_array_equal(alone, beside)
+    np.testing.assert_array_equal(alone, after)
 
 
 @pytest.mark.slow

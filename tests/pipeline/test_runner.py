@@ -141,6 +141,10 @@ def test_resume_refuses_different_settings(small_set, random_encoder, dask_sched
     run_pipeline(_cfg(small_set, out, random_encoder, dask_scheduler, partition_size=64))
     with pytest.raises(RunDirectoryError, match="partition_size"):
         run_pipeline(_cfg(small_set, out, random_encoder, dask_scheduler, partition_size=32))
+    # nor mixes decoders: a residual detector's maps move with the decoder's pixels
+    with pytest.raises(RunDirectoryError, match="decode"):
+        run_pipeline(_cfg(small_set, out, random_encoder, dask_scheduler, partition_size=64,
+                          decode="nvjpeg"))  # fmt: skip
 
 
 def test_hostile_zoo_end_to_end(zoo, random_encoder, dask_scheduler, tmp_path):
