@@ -56,14 +56,10 @@ def _nvjpeg_works(device: str) -> bool:
         import io
 
         from PIL import Image
-        from torchvision.io import ImageReadMode, decode_jpeg
 
         buf = io.BytesIO()
         Image.new("RGB", (16, 16), (10, 200, 30)).save(buf, "JPEG")
-        data = torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            out = decode_jpeg([data], mode=ImageReadMode.RGB, device=device)
+        out = decode_on_device([buf.getvalue()], device)  # guarded: the other thread may compute
         return out[0].shape == (3, 16, 16)
     except Exception:
         return False
@@ -73,6 +69,28 @@ def use_nvjpeg(decode: str, device: str) -> bool:
     if decode not in DECODERS:
         raise ValueError(f"unknown decoder {decode!r}; choose one of {', '.join(DECODERS)}")
     return decode == "nvjpeg" and torch.device(device).type == "cuda" and _nvjpeg_works(device)
+
+
+def decode_on_device(datas: list[bytes], device: str) -> list[torch.Tensor]:
+    """JPEG bytes -> (3, H, W) uint8 tensors on ``device`` (torchvision's decoder: nvJPEG on a
+    GPU), one batched call; on a GPU on this thread's own stream (GUARD_STREAM), the outputs
+    marked as used by the caller's stream. Raises RuntimeError when any image fails."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    tensors = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas]
+    guard = torch.device(device).type == "cuda" and GUARD_STREAM
+    with warnings.catch_warnings(), contextlib.ExitStack() as stack:
+        warnings.simplefilter("ignore")  # torchvision 0.29 deprecates its decoders
+        if guard:
+            side = _decode_stream(device)
+            stack.enter_context(torch.cuda.stream(side))
+        decoded = decode_jpeg(tensors, mode=ImageReadMode.RGB, device=device)
+    if guard:
+        current = torch.cuda.current_stream(device)
+        current.wait_stream(side)
+        for t in decoded:  # not reused by the decoder until the caller's reads are done
+            t.record_stream(current)
+    return decoded
 
 
 def _decode_stream(device: str):
@@ -203,23 +221,8 @@ class BatchReader:
         return out
 
     def _nvjpeg(self, host: HostBatch) -> dict[int, torch.Tensor]:
-        from torchvision.io import ImageReadMode, decode_jpeg
-
-        tensors = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for _, d in host.jpegs]
-        cuda = torch.device(self.device).type == "cuda"
-        guard = cuda and GUARD_STREAM
         try:
-            with warnings.catch_warnings(), contextlib.ExitStack() as stack:
-                warnings.simplefilter("ignore")  # torchvision 0.29 deprecates its decoders
-                if guard:
-                    side = _decode_stream(self.device)
-                    stack.enter_context(torch.cuda.stream(side))
-                decoded = decode_jpeg(tensors, mode=ImageReadMode.RGB, device=self.device)
-            if guard:
-                current = torch.cuda.current_stream(self.device)
-                current.wait_stream(side)
-                for t in decoded:  # not reused by the decoder until the model's reads are done
-                    t.record_stream(current)
+            decoded = decode_on_device([d for _, d in host.jpegs], self.device)
         except RuntimeError:  # one bad file fails the batched call: PIL decodes them one by one
             for i, d in host.jpegs:
                 self._decode_host(i, d, host)
