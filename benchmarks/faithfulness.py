@@ -148,7 +148,8 @@ def suite_seed(args, seed: int, methods: list[str]) -> dict:
             model = create_encoder(
                 EncoderConfig(model_name=args.model, stem=args.stem, tiles=args.tiles)
             )
-            tcfg = TrainConfig(epochs=args.epochs, seed=seed, selfblend=args.selfblend)
+            tcfg = TrainConfig(epochs=args.epochs, patience=args.patience, seed=seed,
+                               selfblend=args.selfblend)  # fmt: skip
             info = train_encoder(model, images, tcfg)
             if args.keep:  # re-score later with --encoder DIR/seed-S.pt (same suite per seed)
                 Path(args.keep).mkdir(parents=True, exist_ok=True)
@@ -296,6 +297,8 @@ def main() -> None:
     ap.add_argument("--n-fake", type=int, default=120, help="fakes per base and family")
     ap.add_argument("--model", default="asap-tiny-vit-64")
     ap.add_argument("--epochs", type=int, default=TrainConfig.epochs)
+    ap.add_argument("--patience", type=int, default=TrainConfig.patience,
+                    help="validation rounds without improvement before training stops")  # fmt: skip
     ap.add_argument("--selfblend", type=float, default=TrainConfig.selfblend,
                     help="share of real images added as self-blended copies")  # fmt: skip
     ap.add_argument("--stem", default=None, choices=STEMS, help="the detector's stem (default: "

@@ -21,7 +21,7 @@ run records them in run.json), and as its last line
 where B = encode-stage throughput / ceiling. Examples:
 
     python benchmarks/scale.py --n 20000                       # 2-core CPU, tiny model
-    python benchmarks/scale.py --n 100000 -- --train-limit 4000
+    python benchmarks/scale.py --n 100000 -- --train-limit 4000 --patience 12
     python benchmarks/scale.py --n 1000000 --device cuda --model ViT-B-32 --pretrained CKPT
 """
 
