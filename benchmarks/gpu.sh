@@ -43,7 +43,8 @@ python3 -c "import open_clip, torch; torch.save(open_clip.create_model('ViT-B-32
 step decode "${DECODE_LIMIT:-170}" python3 benchmarks/decode.py --images "$IMG" --n "${DECODE_N:-8192}" \
   --device cuda --model ViT-B-32 --pretrained /tmp/vitb32-random.pt --batch-size 512 --repeats 2
 step scale "${SCALE_LIMIT:-330}" python3 benchmarks/scale.py --n "$N" --images "$IMG" \
-  --device cuda --model ViT-B-32 --pretrained /tmp/vitb32-random.pt -- --train-limit 20000 \
+  --device cuda --model ViT-B-32 --pretrained /tmp/vitb32-random.pt --ceiling-seconds 10 \
+  -- --train-limit 20000 \
   --patience 12 --batch-size 512 --partition-size 4096 --decode nvjpeg --quiet
 step pipeline 150 python3 benchmarks/pipeline.py --device cuda --models ViT-B-32 \
   --n-large 2048 --batch-size 128 --repeats 2

@@ -21,7 +21,8 @@ run records them in run.json), and as its last line
 where B = encode-stage throughput / ceiling. Examples:
 
     python benchmarks/scale.py --n 20000                       # 2-core CPU, tiny model
-    python benchmarks/scale.py --n 100000 -- --train-limit 4000 --patience 12
+    python benchmarks/scale.py --n 100000 -- --train-limit 4000   # README's run 8
+    python benchmarks/scale.py --n 100000 -- --train-limit 4000 --patience 12  # runs 1-7
     python benchmarks/scale.py --n 1000000 --device cuda --model ViT-B-32 --pretrained CKPT
 """
 
@@ -160,8 +161,13 @@ def make_images(root: Path, n: int, seed: int = 0) -> float:
     return time.perf_counter() - t0
 
 
-def ceiling(run: Path, device: str, threads: int, batches=(32, 64, 128, 256)) -> tuple[float, int]:
-    """Best img/s of the run's encoder + maps on pre-decoded tensors: (img/s, batch size)."""
+def ceiling(
+    run: Path, device: str, threads: int, batches=(32, 64, 128, 256), sustain: float = 30.0
+) -> tuple[float, int, float]:
+    """The run's encoder + maps on pre-decoded tensors: (img/s, batch size, best burst img/s).
+    Each batch size runs a burst of >= 3 s; the best one then runs for ``sustain`` seconds, as
+    the encode stage runs for minutes, and that sustained rate is the ceiling (a VM's best short
+    burst can beat what it keeps up)."""
     import torch
 
     from pipeline.config import PatternConfig
@@ -177,7 +183,7 @@ def ceiling(run: Path, device: str, threads: int, batches=(32, 64, 128, 256)) ->
     precision = cfg.get("precision", "auto")
     compare = tuple(cfg["compare_maps"])
     pcfg = PatternConfig(**cfg["patterns"])
-    best = (0.0, 0)
+    best, steps = (0.0, 0), {}
     # a tiled encoder's batch holds tiles^2 tower inputs per image: the same work per batch
     for b in sorted({max(1, b // model.tiles**2) for b in batches}):
         x = torch.randn(b, 3, model.image_size, model.image_size, device=device)
@@ -192,14 +198,20 @@ def ceiling(run: Path, device: str, threads: int, batches=(32, 64, 128, 256)) ->
             if pcfg.enabled:
                 patches.arrays(np.arange(len(x)))
 
+        steps[b] = step
         step()
-        reps, t0 = 0, time.perf_counter()
-        while reps < 3 or time.perf_counter() - t0 < 3.0:
-            step()
-            reps += 1
-        ips = b * reps / (time.perf_counter() - t0)
-        best = max(best, (ips, b))
-    return best
+        best = max(best, (_rate(step, b, 3.0), b))
+    burst, b = best
+    return (_rate(steps[b], b, sustain) if sustain > 0 else burst), b, burst
+
+
+def _rate(step, batch: int, seconds: float) -> float:
+    """Images per second of ``step`` (one batch) run for at least ``seconds`` and 3 batches."""
+    reps, t0 = 0, time.perf_counter()
+    while reps < 3 or time.perf_counter() - t0 < seconds:
+        step()
+        reps += 1
+    return batch * reps / (time.perf_counter() - t0)
 
 
 def main() -> None:
@@ -211,6 +223,8 @@ def main() -> None:
     ap.add_argument("--images", default=None, help="image folder (default /tmp/asap-scale-N)")
     ap.add_argument("--out", default=None, help="run directory (default /tmp/asap-scale-N-run)")
     ap.add_argument("--workers", type=int, default=None)
+    ap.add_argument("--ceiling-seconds", type=float, default=30.0,
+                    help="seconds the ceiling's best batch runs (0: best 3 s burst)")  # fmt: skip
     ap.add_argument("rest", nargs=argparse.REMAINDER, help="-- then extra `asap run` arguments")
     args = ap.parse_args()
     extra = [a for a in args.rest if a != "--"]
@@ -251,11 +265,13 @@ def main() -> None:
     threads = max(1, (os.cpu_count() or 1) // n_workers) if args.device == "cpu" else 2
     device = "cuda" if args.device.startswith("cuda") else "cpu"
     batches = (128, 256, 512, 1024) if device == "cuda" else (32, 64, 128, 256)
-    ceil, batch = ceiling(out, device, threads, batches)
+    ceil, batch, burst = ceiling(out, device, threads, batches, args.ceiling_seconds)
     driver = max(r.get("driver_peak_rss_mb") or 0 for r in meta.get("resources", {}).values())
     print(f"\nwall {wall:.0f} s for {n} images (process start to exit); encode {enc_ips:.0f} img/s "
           f"on {enc.get('device')} {enc.get('precision')}; ceiling {ceil:.0f} img/s "
-          f"(batch {batch}, {threads} threads, same model, maps and precision)")  # fmt: skip
+          f"(batch {batch}, {threads} threads, same model, maps and precision, sustained "
+          f"{args.ceiling_seconds:.0f} s; best 3 s burst {burst:.0f} img/s, efficiency against "
+          f"it {enc_ips / burst:.3f})")  # fmt: skip
     print(truth_report(out))
     print(f"e2e_img_per_s={n / wall:.1f} encode_efficiency={enc_ips / ceil:.3f} "
           f"driver_rss_mb={driver:.0f}")  # fmt: skip

@@ -80,7 +80,8 @@ def test_scale_benchmark_runs(tmp_path):
     stages and its summary line; the run it made records what the workers ran on."""
     images, out = tmp_path / "images", tmp_path / "run"
     line = _last_line(["benchmarks/scale.py", "--n", "240", "--images", str(images), "--out",
-                       str(out), "--model", "asap-micro-vit-64", "--", "--epochs", "1",
+                       str(out), "--model", "asap-micro-vit-64", "--ceiling-seconds", "1", "--",
+                       "--epochs", "1",
                        "--partition-size", "64", "--no-patterns", "--layout", "pca"])  # fmt: skip
     want = r"e2e_img_per_s=\d+\.\d+ encode_efficiency=\d+\.\d+ driver_rss_mb=\d+"
     assert re.fullmatch(want, line), line

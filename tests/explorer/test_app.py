@@ -236,6 +236,49 @@ def test_pattern_view_and_whatif_masking(patterned_run):
     assert a2 < min(rand) - 0.3
 
 
+def test_whatif_checks_the_shown_map_against_occlusion(patterned_run):
+    """On demand, occlusion (the causal reference) is computed for the selected image and the
+    shown map's top patch is ranked in it; the check is the pipeline's masking, and it is dropped
+    when the selection or the map's method changes."""
+    import panel as pn
+    import torch
+
+    from explorer.app import App, load_extensions
+    from explorer.whatif import _model_and_pixels, occlusion_check
+    from pipeline.perturb import blurred, masked
+
+    load_extensions()
+    app = App(str(patterned_run[0]), sync_url=False)
+    s, view = app.store, app.whatif
+    fakes = np.flatnonzero((s.points.label == 1) & (s.points.p_fake > 0.9))
+    s.select_rows(fakes[:1], "tap")
+    view.run_check()
+    image_id, method, occ = view.occlusion
+    assert image_id == int(s.points.id[view.current_row()]) and method == s.map_method
+    assert occ.shape == s.run.relevance.map_shape[1:] and occ.min() >= 0 and occ.max() > 0
+    # its top value is the fake logit's drop when that patch and its neighbours are masked
+    model, x = _model_and_pixels(s, image_id)
+    y, c = np.unravel_index(int(occ.argmax()), occ.shape)
+    cells = torch.zeros(1, *occ.shape, dtype=torch.bool)
+    cells[:, max(y - 1, 0) : y + 2, max(c - 1, 0) : c + 2] = True
+    with torch.no_grad():
+        drop = float(model(x)[2][0] - model(masked(x, blurred(model, x), cells))[2][0])
+    assert abs(drop - occ[y, c]) < 1e-3 * max(1.0, abs(drop))
+    # the reported rank is the shown map's top patch's place in occlusion's order
+    shown = s.maps([view.current_row()], 0)[0]
+    rank = 1 + int((occ.ravel() > occ.ravel()[int(np.argmax(shown))]).sum())
+    assert f"#{rank} of {occ.size}" in view.check, view.check
+    # a map ordered as occlusion's ranks first and correlates fully; its reverse does not
+    _, rho, first = occlusion_check(s, image_id, occ)
+    assert first == 1 and rho == pytest.approx(1.0)
+    _, rho_rev, last = occlusion_check(s, image_id, -occ)
+    assert last > 1 and rho_rev == pytest.approx(-1.0)
+    assert isinstance(view.occlusion_image()[0], pn.pane.PNG)
+    s.select_rows(fakes[1:2], "tap")  # another image: the check no longer applies
+    assert view.occlusion is None and view.check == ""
+    assert isinstance(view.occlusion_image(), pn.pane.Markdown)
+
+
 def test_a_bad_link_is_dropped_value_by_value_with_notices(patterned_run):
     """Degenerate viewports, an unknown pattern and a bad colour name are ignored and named; the
     link's other values still apply; good values pass untouched."""

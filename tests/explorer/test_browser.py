@@ -302,7 +302,7 @@ def test_clicking_an_image_rings_it_in_the_overview(server, browser):
 
 def test_whatif_patches_are_picked_on_the_image(server, browser):
     """Issue 11: the what-if view's patches are chosen by clicking the image, not from a list;
-    a second click on the same patch unmasks it."""
+    a second click on the same patch unmasks it. Issue 9: occlusion checks the shown map."""
     p = Page(browser, server)
     open_tab(p.page, "What-if")
     picker = p.page.locator("img.asap-patch-picker")
@@ -315,6 +315,10 @@ def test_whatif_patches_are_picked_on_the_image(server, browser):
         picker = p.page.locator("img.asap-patch-picker")
         picker.wait_for(timeout=30_000)
         box = picker.bounding_box()
+    # the causal check on demand: occlusion's map of this image appears beside it
+    p.page.get_by_role("button", name="Check the map with occlusion").click()
+    p.page.get_by_text("re-scorings").first.wait_for(timeout=60_000)
+    p.page.get_by_text("occlusion's fake map").first.wait_for(timeout=30_000)
     assert p.errors == []
 
 
