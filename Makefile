@@ -40,7 +40,7 @@ test-fast: setup
 # The demo: build the embedded data set (data/build_demo.py), run the pipeline (maps, layout,
 # patterns) with the committed demo encoder (data/demo-encoder.pt, made by
 # data/make_demo_encoder.py: the same figures on every machine) and serve the explorer on it.
-# TRAIN=1 trains the encoder here instead, with the committed one's recipe (DEMO_TRAIN: about 27
+# TRAIN=1 trains the encoder here instead, with the committed one's recipe (DEMO_TRAIN: about 30
 # minutes on 2 cores; figures then vary by CPU) into runs/demo-trained. Re-running reuses the data, the encoder and every finished partition.
 # SERVE=0 stops before serving (CI, scripts).
 DEMO_N ?= 2000

@@ -38,7 +38,13 @@ from torch import nn
 SIZE = 64
 FACE_NATIVE = 25  # lfw_subset's resolution
 CHUNK = 256
-LAYOUT_VERSION = 3  # bump when what a build writes changes: an older build is then rebuilt
+LAYOUT_VERSION = 4  # bump when what a build writes changes: an older build is then rebuilt
+# The autoencoders' weights for the default seed and steps, committed so that every machine builds
+# the same images: trained here, their weights (and so the fakes, their hashes and the hash split)
+# differ from one CPU model to another. Trained by train_autoencoder below, as `python
+# data/build_demo.py --seed 0 --n 2000 --out data/demo --train-generators` trains them, on the
+# 2-core AMD EPYC VM (at commit 56add0c), and copied from data/demo/models.
+GENERATORS_DIR = Path(__file__).resolve().parent / "demo-generators"
 
 PHOTO_SOURCES = {  # name -> (loader, licence)
     "astronaut": ("skimage:astronaut", "public domain (NASA)"),
@@ -138,35 +144,51 @@ class AutoEncoder(nn.Module):
 
 
 def _to_tensor(batch: np.ndarray) -> torch.Tensor:
+    """(B, H, W[, 3]) uint8 -> (B, 3, H, W) float64 in [0, 1]. The generators run in float64, so
+    that a pixel's uint8 value does not depend on the CPU's vector kernels or summation order:
+    float32 results may differ in their last bits from one CPU model to another, and last bits
+    flip roundings often (float32 and float64 outputs of the same autoencoder differ in at least
+    one pixel of 13% of 512 photo crops), which changes an image's hash and so its split."""
     if batch.ndim == 3:  # greyscale faces -> 3 identical channels
         batch = np.repeat(batch[..., None], 3, axis=-1)
-    return torch.from_numpy(batch.copy()).permute(0, 3, 1, 2).float() / 255
+    return torch.from_numpy(batch.copy()).permute(0, 3, 1, 2).double() / 255
 
 
 def _to_uint8(x: torch.Tensor) -> np.ndarray:
     return (x.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
 
 
-def train_autoencoder(decoder, photos, faces, steps, seed, cache: Path) -> AutoEncoder:
-    """Train on a mix of photo crops and faces; cached in ``cache`` for re-runs."""
+def train_autoencoder(
+    decoder, photos, faces, steps, seed, cache: Path, committed: Path | None = None
+) -> tuple[AutoEncoder, str]:
+    """Train on a mix of photo crops and faces (in float32); cached in ``cache`` for re-runs.
+    ``committed``: weights to use instead of training, when that file exists. Returns the model in
+    float64, for inference, and where its weights came from."""
     torch.manual_seed(seed)  # before the model exists: its initial weights come from this seed
     model = AutoEncoder(decoder)
-    if cache.exists():
-        model.load_state_dict(torch.load(cache, weights_only=True))
-        return model.eval()
+    for src, how in ((committed, "committed"), (cache, "cached")):
+        if src is not None and src.exists():
+            model.load_state_dict(torch.load(src, weights_only=True))
+            return model.double().eval(), f"{how} {src.name} (sha256 {_sha256(src)[:16]})"
     rng = np.random.default_rng(seed)
     names = sorted(photos)
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     for _ in range(steps):
         batch = [photo_crop(rng, photos, names)[1] for _ in range(24)]
         batch += [np.repeat(real_face(rng, faces)[..., None], 3, -1) for _ in range(8)]
-        x = _to_tensor(np.stack(batch))
+        x = _to_tensor(np.stack(batch)).float()  # trained in float32, as before
         loss = nn.functional.mse_loss(model(x), x)
         opt.zero_grad()
         loss.backward()
         opt.step()
     torch.save(model.state_dict(), cache)
-    return model.eval()
+    return model.double().eval(), f"trained here, {cache.name} (sha256 {_sha256(cache)[:16]})"
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def load_dcgan():
@@ -183,7 +205,7 @@ def load_dcgan():
     net.load_state_dict(
         torch.load(weights, map_location="cpu", weights_only=False)["netG_state_dict"]
     )
-    return net.eval()
+    return net.double().eval()  # float64: see _to_tensor
 
 
 def plan(n: int) -> dict[tuple[str, str], int]:
@@ -261,7 +283,7 @@ def generate(domain, generator, count, seed, photos, faces, models, dcgan):
             out = [("lfw", LFW_LICENCE, real_face(rng, faces)) for _ in range(k)]
         elif domain == "faces" and generator == "dcgan":
             with torch.no_grad():
-                rgb = _to_uint8((dcgan(torch.randn(k, 100, 1, 1)) + 1) / 2)
+                rgb = _to_uint8((dcgan(torch.randn(k, 100, 1, 1).double()) + 1) / 2)
             grey = [np.asarray(Image.fromarray(a).convert("L")) for a in rgb]
             out = [("dcgan", DCGAN_LICENCE, face_round_trip(g)) for g in grey]
         elif domain == "faces":
@@ -317,10 +339,20 @@ def trivial_baseline(manifest: pd.DataFrame, root: Path, seed: int, limit: int =
     return out
 
 
-def build(n: int, out: Path, seed: int, ae_steps: int, baseline: bool = True) -> pd.DataFrame:
+def build(
+    n: int,
+    out: Path,
+    seed: int,
+    ae_steps: int,
+    baseline: bool = True,
+    generators: Path | None = GENERATORS_DIR,
+) -> pd.DataFrame:
+    """``generators``: a folder of committed autoencoder weights, used where it holds the file
+    for this seed and step count (None: always train them here)."""
     from pipeline.imageio import content_hash
 
-    stamp = out / f".built-v{LAYOUT_VERSION}-n{n}-seed{seed}-ae{ae_steps}"
+    source = "trained" if generators is None else "committed"
+    stamp = out / f".built-v{LAYOUT_VERSION}-n{n}-seed{seed}-ae{ae_steps}-{source}"
     if stamp.exists():
         print(f"{out}: already built (n={n}, seed={seed})", file=sys.stderr)
         return pd.read_csv(out / "manifest.csv")
@@ -331,17 +363,14 @@ def build(n: int, out: Path, seed: int, ae_steps: int, baseline: bool = True) ->
     (out / "models").mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     photos, faces = load_photos(), load_lfw_faces()
-    models = {
-        name: train_autoencoder(
-            dec,
-            photos,
-            faces,
-            ae_steps,
-            seed + i,
-            out / "models" / f"{name}-seed{seed + i}-steps{ae_steps}.pt",
-        )
-        for i, (name, dec) in enumerate((("ae-deconv", "deconv"), ("ae-upsample", "upsample")))
-    }
+    models, origin = {}, {}
+    for i, (name, dec) in enumerate((("ae-deconv", "deconv"), ("ae-upsample", "upsample"))):
+        file = f"{name}-seed{seed + i}-steps{ae_steps}.pt"
+        cache = out / "models" / file  # what was trained here (never the committed weights)
+        models[name], origin[name] = train_autoencoder(
+            dec, photos, faces, ae_steps, seed + i, cache,
+            None if generators is None else Path(generators) / file,
+        )  # fmt: skip
     dcgan = load_dcgan()
     print(f"generators ready in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     rows = []
@@ -367,7 +396,7 @@ def build(n: int, out: Path, seed: int, ae_steps: int, baseline: bool = True) ->
                 i += 1
     manifest = pd.DataFrame(rows)
     manifest.to_csv(out / "manifest.csv", index=False)
-    info = {"n": len(manifest), "seed": seed, "ae_steps": ae_steps,
+    info = {"n": len(manifest), "seed": seed, "ae_steps": ae_steps, "autoencoders": origin,
             "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
     if baseline:
         info["trivial_baseline_accuracy"] = trivial_baseline(manifest, out, seed)
@@ -384,11 +413,18 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--ae-steps", type=int, default=800, help="training steps per autoencoder")
     ap.add_argument("--no-baseline", action="store_true", help="skip the trivial-cue baseline")
+    ap.add_argument(
+        "--train-generators",
+        action="store_true",
+        help="train the autoencoders here instead of using the committed weights in "
+        "data/demo-generators (the images then differ from one CPU model to another)",
+    )
     a = ap.parse_args()
     if a.n < 20:
         ap.error("--n must be at least 20")
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    build(a.n, Path(a.out), a.seed, a.ae_steps, baseline=not a.no_baseline)
+    build(a.n, Path(a.out), a.seed, a.ae_steps, baseline=not a.no_baseline,
+          generators=None if a.train_generators else GENERATORS_DIR)  # fmt: skip
 
 
 if __name__ == "__main__":

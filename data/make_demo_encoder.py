@@ -1,5 +1,5 @@
 """Make the demo's committed encoder, ``data/demo-encoder.pt``, so that `make demo` gives the same
-figures on every machine (training results differ from CPU to CPU) and skips about 27 minutes
+figures on every machine (training results differ from CPU to CPU) and skips about 30 minutes
 of training:
 
     .venv/bin/python data/make_demo_encoder.py               # trains: asap run data/demo ...
@@ -32,7 +32,9 @@ OUT = REPO / "data" / "demo-encoder.pt"
 # and improves slowly. Measured on a 2-core Intel Xeon, seed 0: the previous committed encoder
 # ran all 60 epochs (best 56; test accuracy 0.879); --epochs 240 with patience 12
 # stopped at epoch 28 (best 16; 0.834); these values ran 148 epochs (best 118, the learning rate
-# halved on its plateaus; 0.916) in 27 minutes. `make demo TRAIN=1` uses them too (DEMO_TRAIN).
+# halved on its plateaus; 0.916) in 27 minutes. On the machine-independent build (committed
+# generators, 2-core AMD EPYC) the committed encoder, seed 0, ran all 150 epochs (best 139; 0.913)
+# in 31 minutes; seed 1 stopped at 120 (best 90; 0.892). `make demo TRAIN=1` uses them too.
 EPOCHS = 150
 PATIENCE = 30
 

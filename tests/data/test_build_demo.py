@@ -115,6 +115,39 @@ def test_same_seed_same_bytes(tmp_path):
     pd.testing.assert_frame_equal(ma, mb)
 
 
+def test_committed_generators_make_the_same_images_at_any_thread_count(tmp_path):
+    """With the default seed and steps the build uses the committed autoencoder weights (trained,
+    they differ from one CPU model to another) and runs every generator in float64, so its bytes
+    (and with them the content-hash split) do not depend on the machine's summation order: the
+    same manifest, hashes included, with 1 and 2 threads. Other step counts train here."""
+    import hashlib
+    import os
+
+    committed = REPO / "data" / "demo-generators"
+    runs = {}
+    for threads in (1, 2):
+        out = tmp_path / f"t{threads}"
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        subprocess.run([*BUILD, "--n", "60", "--no-baseline", "--out", str(out)], check=True,
+                       env=env)  # fmt: skip
+        runs[threads] = out
+        info = json.loads((out / "build.json").read_text())
+        for name, seed in (("ae-deconv", 0), ("ae-upsample", 1)):
+            file = committed / f"{name}-seed{seed}-steps800.pt"
+            sha = hashlib.sha256(file.read_bytes()).hexdigest()[:16]
+            assert info["autoencoders"][name] == f"committed {file.name} (sha256 {sha})"
+        assert not list((out / "models").iterdir())  # nothing was trained
+    ma, mb = (pd.read_csv(runs[t] / "manifest.csv") for t in (1, 2))
+    assert set(ma["generator"]) == GENERATORS
+    pd.testing.assert_frame_equal(ma, mb)
+    trained = tmp_path / "trained"
+    subprocess.run([*BUILD, "--n", "40", "--ae-steps", "5", "--no-baseline", "--out",
+                    str(trained)], check=True)  # fmt: skip
+    origin = json.loads((trained / "build.json").read_text())["autoencoders"]
+    assert all(v.startswith("trained here") for v in origin.values())
+    assert len(list((trained / "models").iterdir())) == 2
+
+
 def test_demo_steps_end_to_end(demo200, tmp_path):
     out = tmp_path / "run"
     subprocess.run(
