@@ -116,10 +116,13 @@ def truth_report(run: Path, seed: int = 0) -> str:
     df = df[df["split"] == "test"]
     m = r.test_metrics
     acc, auc = m.get("accuracy", float("nan")), m.get("auc", float("nan"))
+    check = r.detector or {}
+    verdict = (f"detector: {check['verdict']} (AUC 95% CI {check['auc_lo']:.3f}-"
+               f"{check['auc_hi']:.3f})\n" if check.get("auc") is not None else "")  # fmt: skip
     fakes = df[(df["label"] == 1) & (df["p_fake"] >= 0.5)]
     n_fake = int((df["label"] == 1).sum())
     if not len(fakes):
-        return f"held-out: accuracy {acc:.3f}, AUC {auc:.3f}, 0 of {n_fake} fakes detected"
+        return f"{verdict}held-out: accuracy {acc:.3f}, AUC {auc:.3f}, 0 of {n_fake} fakes detected"
     detected = len(fakes)
     # replaying a trace's place regenerates its image (5 ms): at most 2,000 detected fakes
     fakes = fakes.sample(n=min(len(fakes), POINTING_SAMPLE), random_state=seed)
@@ -138,7 +141,7 @@ def truth_report(run: Path, seed: int = 0) -> str:
         hits.append(bool(touched[y, x]))
         chance.append(touched.mean())
     of = "of them" if len(fakes) == detected else f"of {len(fakes)} of them drawn at random"
-    return (f"held-out: accuracy {acc:.3f}, AUC {auc:.3f}, {detected} of {n_fake} fakes "
+    return (f"{verdict}held-out: accuracy {acc:.3f}, AUC {auc:.3f}, {detected} of {n_fake} fakes "
             f"detected; the fake map's peak on the trace in {np.mean(hits):.1%} {of} "
             f"(chance {np.mean(chance):.1%}; {gh}x{gw} map)")  # fmt: skip
 

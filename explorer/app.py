@@ -61,6 +61,16 @@ def error_page(message: str) -> pn.template.BootstrapTemplate:
     )
 
 
+def detector_alert(check: dict | None) -> list:
+    """A red alert above everything else when the detector does not beat chance on the held-out
+    images (pipeline.trust): its maps then show no evidence, whatever they look like."""
+    if not check or check.get("verdict") not in ("chance", "below chance"):
+        return []
+    text = f"**Detector at {check['verdict']}:** {check['message']}."
+    return [pn.pane.Alert(text, alert_type="danger", css_classes=["asap-detector-alert"],
+                          sizing_mode="stretch_width")]  # fmt: skip
+
+
 class App:
     """The explorer's page for one session."""
 
@@ -136,6 +146,7 @@ class App:
         return [
             notice,
             pn.pane.Markdown(f"**Run** `{s.run_dir}`  \n{len(s.points):,} images  \n{facts}"),
+            *detector_alert(s.detector),
             pn.pane.Markdown("### Filters"),
             filters,
             pn.pane.Markdown("### Overview"),

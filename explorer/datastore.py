@@ -132,6 +132,7 @@ class DataStore(pn.viewable.Viewer):
         self.run_dir = str(run_dir)
         # per session, keyed by the table's mtime: a reload after `asap patterns` shows it
         self.faithfulness = load_faithfulness(self.run)
+        self.detector = self.run.detector  # does the detector beat chance? (pipeline.trust)
         self.mask = np.ones(len(self.points), bool)
         self._selection: np.ndarray | None = None
         self._own_geometry = False

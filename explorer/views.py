@@ -192,6 +192,21 @@ def _versus(d: Difference | None, other: MethodFaithfulness | None, what: str) -
 def faithfulness_note(store: DataStore) -> str:
     """How faithful the fake map shown measured on this run (deletion area of its patch order
     vs random patches and vs plain attention), or the command that measures it."""
+    return _detector_warning(store.detector) + _faithfulness_text(store)
+
+
+def _detector_warning(check: dict | None) -> str:
+    """A first paragraph when the detector does not beat chance (pipeline.trust), else ''."""
+    if not check or check.get("verdict") not in ("chance", "below chance"):
+        return ""
+    return (
+        f"**Not evidence:** the detector is at {check['verdict']} on the held-out images (AUC "
+        f"{_num(check['auc'])}, 95% CI {_num(check['auc_lo'])}…{_num(check['auc_hi'])}), so no "
+        "map of it shows why an image is fake, however faithful to the model it measures.  \n"
+    )
+
+
+def _faithfulness_text(store: DataStore) -> str:
     method, faith = store.map_method, store.faithfulness
     if faith is None:
         return (

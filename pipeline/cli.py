@@ -361,6 +361,7 @@ def _info(run_dir: str) -> dict:
         },  # fmt: skip
         "held_out": run.metrics.get("held_out", "test"),
         "metrics_test": run.metrics.get("test", {}).get("overall"),
+        "detector": run.detector,  # does it beat chance? (pipeline.trust)
         **_pattern_info(run),
     }
 

@@ -436,6 +436,23 @@ class Run:
         return {k: float(v) for k, v in overall.items() if isinstance(v, (int, float))}
 
     @property
+    def detector(self) -> dict | None:
+        """Whether the detector beats chance on the held-out images (pipeline.trust): the
+        figures metrics.json records, else computed from the tables (a run made before they
+        were recorded); None when neither can say (a lean run without them)."""
+        if "detector" in self.metrics:
+            return self.metrics["detector"]
+        images, feats = self.images, self.features
+        if not hasattr(feats, "merge") or "split" not in images or "p_fake" not in feats:
+            return None
+        from .trust import detector_check
+
+        held_out = self.meta.get("stages", {}).get("ingest", {}).get("held_out", "test")
+        test = feats[["id", "p_fake"]].merge(images[["id", "label", "split"]], on="id")
+        test = test[test["split"] == "test"]
+        return detector_check(test["label"].to_numpy(), test["p_fake"].to_numpy(), held_out)
+
+    @property
     def source(self) -> str | None:
         """The folder or manifest the run's images were ingested from."""
         return self.meta.get("config", {}).get("source")

@@ -264,3 +264,27 @@ def test_patterns_of_a_run_made_before_stability_still_open(small_run, tmp_path,
     from pipeline.cli import _info
 
     assert all(p["stability"] is None for p in _info(str(run_dir))["patterns"])
+
+
+def test_a_detector_at_chance_is_said_above_its_maps(small_run, tmp_path, make_app):
+    import json
+
+    from pipeline.trust import detector_check
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(small_run, run_dir)
+    metrics_file = run_dir / "model" / "metrics.json"
+    metrics = json.loads(metrics_file.read_text())
+    labels = np.r_[np.zeros(40), np.ones(40)]
+    for scores, alerted in ((np.full(80, 0.5), True), (np.linspace(0, 1, 80), False)):
+        metrics["detector"] = detector_check(labels, scores)
+        metrics_file.write_text(json.dumps(metrics))
+        app = make_app(run_dir)
+        trust = app.images.trust().object
+        alerts = [o for o in app.sidebar()
+                  if "asap-detector-alert" in getattr(o, "css_classes", [])]  # fmt: skip
+        assert ("**Not evidence:** the detector is at chance" in trust) is alerted
+        assert len(alerts) == int(alerted)
+        assert f"Fake map by {app.store.map_method}" in trust  # the faithfulness note stays
+        if alerted:
+            assert "AUC 0.50, 95% CI" in trust and "cannot tell" in alerts[0].object

@@ -60,16 +60,27 @@ def test_umap_past_the_fit_sample_places_every_point_reproducibly():
 
 @pytest.mark.slow
 def test_umap_warm_up_leaves_the_layout_unchanged():
-    """A GPU run compiles UMAP's code on a driver thread while the workers encode: a layout
+    """A run compiles UMAP's code on a driver thread while the workers encode: a layout
     computed while that warm-up runs beside it, and one after it, equal the layout without it."""
+    import os
     import threading
 
     x = _blobs()
     alone = compute_layout(x, "umap", 5, fit_sample=40)
-    thread = threading.Thread(target=warm_up, args=(5, x.shape[1]))
+    own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    seen = {}
+
+    def low():  # a CPU run's warm-up lowers its own thread's priority, nothing else's
+        warm_up(5, x.shape[1], nice=19)
+        seen["warm-up"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    thread = threading.Thread(target=low)
     thread.start()
     beside = compute_layout(x, "umap", 5, fit_sample=40)
     thread.join()
+    assert (
+        seen["warm-up"] == 19 and os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == own
+    )
     after = compute_layout(x, "umap", 5, fit_sample=40)
     np.testing.assert_array_equal(alone, beside)
     np.testing.assert_array_equal(alone, after)

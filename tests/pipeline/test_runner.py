@@ -88,6 +88,13 @@ def test_round_trip_through_the_contract(small_set, random_encoder, dask_schedul
     correct = (test["p_fake"] >= 0.5).astype(int) == test["label"]
     assert m["overall"]["n"] == len(test) and m["overall"]["n_fake"] == test["label"].sum()
     assert m["overall"]["accuracy"] == pytest.approx(correct.mean(), abs=1e-9)
+    # ... and so does its verdict on the detector (pipeline.trust)
+    from pipeline.trust import auc_interval
+
+    d, (auc, lo, hi) = run.metrics["detector"], auc_interval(test["label"], test["p_fake"])
+    assert (d["auc"], d["auc_lo"], d["auc_hi"]) == pytest.approx((auc, lo, hi), abs=1e-12)
+    assert d["verdict"] == ("detects" if lo > 0.5 else "below chance" if hi < 0.5 else "chance")
+    assert run.meta["stages"]["layout"]["detector"] == d["verdict"] == run.detector["verdict"]
     reals = test[test["label"] == 0]
     for gen, got in m["per_generator"].items():
         fakes = test[(test["label"] == 1) & (test["generator"] == gen)]
@@ -232,9 +239,10 @@ def test_background_returns_its_value_and_seconds_or_raises_its_error():
 
     job = Background(slow, 21)
     time.sleep(0.2)  # the caller works meanwhile; the job has not finished (the gate is shut)
-    assert job._thread.is_alive()
+    assert job._thread.is_alive() and not job.done()
     gate.set()
     (value, name), seconds = job.result()
+    assert job.done()
     assert value == 42 and name == "asap-background" and name != threading.current_thread().name
     assert 0.1 < seconds
 
