@@ -201,7 +201,7 @@ def _detector_warning(check: dict | None) -> str:
         return ""
     return (
         f"**Not evidence:** the detector is at {check['verdict']} on the held-out images (AUC "
-        f"{_num(check['auc'])}, 95% CI {_num(check['auc_lo'])}…{_num(check['auc_hi'])}), so no "
+        f"{check['auc']:.3f}, 95% CI {check['auc_lo']:.3f}…{check['auc_hi']:.3f}), so no "
         "map of it shows why an image is fake, however faithful to the model it measures.  \n"
     )
 

@@ -287,4 +287,4 @@ def test_a_detector_at_chance_is_said_above_its_maps(small_run, tmp_path, make_a
         assert len(alerts) == int(alerted)
         assert f"Fake map by {app.store.map_method}" in trust  # the faithfulness note stays
         if alerted:
-            assert "AUC 0.50, 95% CI" in trust and "cannot tell" in alerts[0].object
+            assert "AUC 0.500, 95% CI 0.3" in trust and "cannot tell" in alerts[0].object
