@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
 import pandas as pd
 
@@ -63,6 +64,7 @@ def scan(
         counts["duplicates"] = counts["duplicates"].astype(int)
         report.update(summary)
         report["counts"] = counts.to_dict("records")
+        report["resolution"] = _resolution(images[images["duplicate_of"] < 0])
     else:
         report.update(
             images=0,
@@ -99,6 +101,22 @@ def scan(
     return report
 
 
+def _resolution(images: pd.DataFrame) -> dict:
+    """The images' sides against what the default model sees (pipeline.trust.resolution_gap),
+    read from ASAP's own config file: no torch or open_clip import for a scan."""
+    import json
+
+    from .config import EncoderConfig
+    from .trust import resolution_gap
+
+    name = EncoderConfig().model_name
+    cfg = json.loads((Path(__file__).parent / "model_configs" / f"{name}.json").read_text())
+    tower = int(cfg["vision_cfg"]["image_size"])
+    gap = resolution_gap(images["width"].to_numpy(), images["height"].to_numpy(), tower, 1)
+    sides = pd.concat([images["width"], images["height"]], axis=1).min(axis=1)
+    return {**gap, "model": name, "min_side": int(sides.min()), "max_side": int(sides.max())}
+
+
 def format_report(r: dict) -> str:
     lines = [f"source: {r['source']}"]
     lines.append("layout: " + ("; ".join(r["layouts"]) if r["layouts"] else "none recognised"))
@@ -111,6 +129,15 @@ def format_report(r: dict) -> str:
         lines.append(f"splits: {r['splits']}")
     if r.get("held_out") and r["held_out"] != "test":
         lines.append(f"held out for metrics: {r['held_out']}")
+    res = r.get("resolution")
+    if res and res.get("median_side"):
+        lines.append(
+            f"image sides: shorter side median {res['median_side']:.0f} px (range "
+            f"{res['min_side']}-{res['max_side']}); the default model ({res['model']}) sees "
+            f"{res['model_side']} px"
+        )
+        if res.get("note"):
+            lines.append(f"hint: {res['note']}")
     if r.get("counts"):
         t = pd.DataFrame(r["counts"])
         lines += ["", t.to_string(index=False)]

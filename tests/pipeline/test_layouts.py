@@ -486,3 +486,25 @@ def test_a_train_only_layout_is_split_by_content(tmp_path):
     assert set(final["split"]) == {"train", "val", "test"}
     assert final["split"].tolist() == final["sha"].map(ingest.hash_split).tolist()
     assert notes["splits"].startswith("by content hash") and notes["held_out"] == "test"
+
+
+def test_scan_says_when_resizing_would_average_the_pixels_away(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    for label, n in (("0_real", 3), ("1_fake", 2)):
+        for i in range(n):
+            (tmp_path / "big" / label).mkdir(parents=True, exist_ok=True)
+            arr = np.random.default_rng(10 * n + i).integers(0, 255, (256, 300 + i, 3), np.uint8)
+            Image.fromarray(arr).save(tmp_path / "big" / label / f"{i}.png")
+    report = json.loads(_scan(str(tmp_path / "big"), "--json").stdout)
+    res = report["resolution"]
+    assert (res["median_side"], res["model_side"], res["factor"]) == (256, 64, 4.0)
+    assert (res["min_side"], res["max_side"]) == (256, 256)
+    text = _scan(str(tmp_path / "big")).stdout
+    assert "shorter side median 256 px" in text and "hint:" in text and "--tiles 4" in text
+    png = layouts.Pngs()  # 24 px images: smaller than the model's input, no hint
+    for label in ("0_real", "1_fake"):
+        png.write(tmp_path / "small" / label / "a.png")
+    small = _scan(str(tmp_path / "small"))
+    assert "sees 64 px" in small.stdout and "hint:" not in small.stdout
