@@ -207,7 +207,8 @@ class RunConfig:
     layout: str = "umap"  # "umap" or "pca"
     seed: int = 0
     scheduler: str | None = None  # address of an existing Dask scheduler; None: LocalCluster
-    workers: int | None = None  # LocalCluster workers; None: one per GPU, else one
+    # LocalCluster workers; None: one per GPU, else one per core up to 4 (pipeline.runner)
+    workers: int | None = None
     # CPU-only workers beside the GPU workers of ASAP's own GPU cluster (ingest, layout chunks,
     # clustering); None: the cores left after 4 per GPU worker (pipeline.runner)
     cpu_workers: int | None = None

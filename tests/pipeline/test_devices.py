@@ -12,7 +12,12 @@ import textwrap
 import pytest
 
 from pipeline.devices import claim_gpu, gpu_worker_env, resolve_device, visible_gpus
-from pipeline.runner import default_cpu_workers, gpu_cluster, model_resources
+from pipeline.runner import (
+    default_cpu_only_workers,
+    default_cpu_workers,
+    gpu_cluster,
+    model_resources,
+)
 
 
 def _never(visible):
@@ -130,6 +135,19 @@ def test_cpu_workers_take_the_cores_left_after_four_per_gpu():
     assert default_cpu_workers(1, cores=16) == 12
     assert default_cpu_workers(8, cores=64) == 32
     assert default_cpu_workers(1, cores=2) == 0  # a small machine: the GPU worker alone
+
+
+def test_a_machine_without_gpus_gets_a_worker_per_core_up_to_four(tmp_path):
+    from pipeline.config import RunConfig
+    from pipeline.runner import CPU_WORKERS_MAX, _torch_threads, dask_client
+
+    assert [default_cpu_only_workers(cores=c) for c in (1, 2, 3, 16, 64)] == [1, 2, 3, 4, 4]
+    assert CPU_WORKERS_MAX == 4
+    cfg = RunConfig(source=str(tmp_path), out=str(tmp_path / "run"), device="cpu")
+    with dask_client(cfg) as client:  # the cluster `asap run` starts here, and torch's share
+        n = len(client.scheduler_info()["workers"])
+        assert n == default_cpu_only_workers()
+        assert _torch_threads(cfg, client) == max(1, (os.cpu_count() or 1) // n)
 
 
 def _gpu_visible() -> str:
