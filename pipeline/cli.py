@@ -117,6 +117,10 @@ def _add_run(sub) -> None:
     t.add_argument("--patience", type=int, default=TrainConfig.patience,
                    help="stop after this many validation rounds without a better validation "
                    "loss; the best round's weights are kept (default: %(default)s)")  # fmt: skip
+    t.add_argument("--chance-images", type=int, default=TrainConfig.chance_images, metavar="N",
+                   help="stop when N training images have passed and no validation round has "
+                   "told the val fakes from the reals (val AUC's 95%% interval above 0.5): the "
+                   "detector has no signal; 0: off (default: %(default)s)")  # fmt: skip
     t.add_argument("--val-every", type=int, default=TrainConfig.val_every, metavar="N",
                    help="validate every N training images, or once per epoch when an epoch "
                    "holds fewer (default: %(default)s)")  # fmt: skip
@@ -297,6 +301,7 @@ def build_config(a: argparse.Namespace) -> RunConfig:
         train=TrainConfig(
             epochs=a.epochs,
             patience=a.patience,
+            chance_images=a.chance_images,
             val_every=a.val_every,
             lr=a.lr,
             patch_loss=a.patch_loss,
@@ -362,8 +367,29 @@ def _info(run_dir: str) -> dict:
         "held_out": run.metrics.get("held_out", "test"),
         "metrics_test": run.metrics.get("test", {}).get("overall"),
         "detector": run.detector,  # does it beat chance? (pipeline.trust)
+        "training": _training_info(run.meta.get("stages", {}).get("train")),
         **_pattern_info(run),
     }
+
+
+def _training_info(stage: dict | None) -> dict | None:
+    """How the run's training ended: rounds run, the kept round, why it stopped ("patience",
+    "no_signal": no validation round separated the labels, None: every epoch ran)."""
+    if not stage:
+        return None
+    if not stage.get("trained", True):
+        return {"trained": False}
+    hist = stage.get("history") or []
+    return {
+        "trained": True,
+        "rounds": len(hist),
+        "best_round": stage.get("best_round"),
+        "epochs_run": stage.get("epochs_run"),
+        "stop_reason": stage.get("stop_reason"),
+        "val_signal": stage.get("val_signal"),
+        "best_val_auc": max((h["val_auc"] for h in hist if h.get("val_auc") is not None),
+                            default=None),
+    }  # fmt: skip
 
 
 def _pattern_info(run) -> dict:

@@ -102,6 +102,14 @@ class TrainConfig:
     # p(fake) = 0.5 is where val says fake and real are equally likely (pipeline.train.
     # fit_calibration); off: the temperature alone, the operating point where training left it
     calibrate_shift: bool = True
+    # give up when this many training images have passed (repeats counted) and no validation
+    # round has told the val fakes from the val reals (the 95% interval of the val ROC-AUC above
+    # 0.5; pipeline.trust): a detector with no signal at all, not one still improving. On
+    # 100,000 256 px JPEGs whose faint trace the resize averages away, the tiny detector stayed at
+    # chance for all 34 rounds (68,000 images, 10 minutes, half of the run; issue 10); on the
+    # demo and the planted suite the interval clears 0.5 within a few thousand (README). Counted
+    # in images, not rounds, so that a small set gets as many updates as a large one. 0: off.
+    chance_images: int = 25_000
 
     def __post_init__(self):
         if self.epochs < 1 or self.patience < 1 or self.batch_size < 1 or self.val_every < 1:
@@ -110,6 +118,8 @@ class TrainConfig:
                 f"{self.epochs}, patience={self.patience}, batch size={self.batch_size}, "
                 f"val_every={self.val_every})"
             )
+        if self.chance_images < 0:
+            raise ValueError(f"--chance-images must be >= 0 (0: off), got {self.chance_images}")
         if self.train_limit is not None and self.train_limit < 2:
             raise ValueError(f"--train-limit must be >= 2 images, got {self.train_limit}")
         if not self.patch_loss >= 0:

@@ -21,6 +21,7 @@ from .config import TrainConfig
 from .encoder import ASAPEncoder
 from .imageio import ImageRejected, load_for_model, normalize
 from .selfblend import patch_targets, self_blend
+from .trust import auc_interval
 
 log = logging.getLogger(__name__)
 
@@ -232,6 +233,16 @@ class EarlyStopping:
         return improved, self.bad >= self.patience
 
 
+def val_separation(logits: np.ndarray, labels: np.ndarray) -> tuple[float | None, float | None]:
+    """The val ROC-AUC of ``logits`` and the lower end of its 95% interval; (None, None) when
+    val lacks one of the labels."""
+    labels = np.asarray(labels).astype(int)
+    if len(labels) == 0 or labels.min() == labels.max():
+        return None, None
+    auc, lo, _ = auc_interval(labels, logits)
+    return auc, lo
+
+
 def round_bounds(n: int, val_every: int, batch_size: int) -> list[int]:
     """Where one epoch of ``n`` training images is cut into validation rounds: one round when
     ``n <= val_every``, else ceil(n / val_every) rounds of about equal size, cut at whole
@@ -389,7 +400,8 @@ def train_encoder(
 
     # self-blended fakes need the patch tokens' head (a tower trained from scratch)
     blending = patch_head is not None and cfg.selfblend > 0
-    history, best_state, stop = [], None, False
+    history, best_state, stop, stop_reason = [], None, False, None
+    signal = False  # whether any validation round told the val fakes from the reals
     # validation every cfg.val_every training images (once per epoch on smaller sets): patience
     # counts these rounds, so a large set gives up after as many updates as a small one
     cuts = round_bounds(len(train), cfg.val_every, cfg.batch_size)
@@ -433,17 +445,32 @@ def train_encoder(
                 torch.as_tensor(z[ok_v]), torch.as_tensor(y_va[ok_v], dtype=torch.float32)))
             if len(z) else float(np.mean(losses))
         )  # fmt: skip
+        auc, auc_lo = val_separation(z[ok_v], y_va[ok_v]) if len(z) else (None, None)
+        signal = signal or (auc_lo is not None and auc_lo > 0.5)
         done = epoch + (r + 1) / n_rounds  # epochs run so far
         history.append({"epoch": round(done, 4), "images": round(done * len(train)),
                         "train_loss": float(np.mean(losses)), "val_loss": v_loss,
+                        "val_auc": auc, "val_auc_lo": auc_lo,
                         "lr": opt.param_groups[0]["lr"]})  # fmt: skip
-        log.info("epoch %.2f (%d images) train_loss %.4f val_loss %.4f", done,
-                 history[-1]["images"], history[-1]["train_loss"], v_loss)  # fmt: skip
+        log.info("epoch %.2f (%d images) train_loss %.4f val_loss %.4f%s", done,
+                 history[-1]["images"], history[-1]["train_loss"], v_loss,
+                 "" if auc is None else f" val_auc {auc:.3f} (95% CI from {auc_lo:.3f})",
+                 )  # fmt: skip
         improved, stop = stopper.step(len(history) - 1, v_loss)
         if improved:
             best_state = copy.deepcopy(model.state_dict())
         if stop:
+            stop_reason = "patience"
             log.info("early stop: no improvement for %d validation rounds", cfg.patience)
+        elif (cfg.chance_images and not signal and auc is not None
+              and history[-1]["images"] >= cfg.chance_images):  # fmt: skip
+            stop, stop_reason = True, "no_signal"
+            best = max(h["val_auc"] for h in history if h["val_auc"] is not None)
+            log.warning(
+                "no signal: after %d training images (%d validation rounds) no round told the val "
+                "fakes from the reals (best val AUC %.3f; its 95%% interval never cleared 0.5), so "
+                "training stops here (--chance-images %d; 0 trains on to --patience)",
+                history[-1]["images"], len(history), best, cfg.chance_images)  # fmt: skip
         else:
             plateau.step(v_loss)
     model.load_state_dict(best_state)
@@ -461,6 +488,9 @@ def train_encoder(
         "epochs_run": history[-1]["epoch"],
         "rounds_per_epoch": n_rounds,
         "stopped_early": len(history) < cfg.epochs * n_rounds,
+        # "patience" (val loss stalled), "no_signal" (cfg.chance_images) or None (all epochs)
+        "stop_reason": stop_reason,
+        "val_signal": signal,  # whether any round's val AUC interval cleared 0.5
         "history": history,
         "temperature": float(model.temperature),
         "logit_shift": float(model.logit_shift),

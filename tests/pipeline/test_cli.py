@@ -45,6 +45,7 @@ BAD = {  # extra arguments -> words the one-line error must contain
     "patience-0": (["--patience", "0"], "patience"),
     "lr-negative": (["--lr", "-1"], "learning rate"),
     "train-limit-1": (["--train-limit", "1"], "--train-limit"),
+    "chance-images-negative": (["--chance-images", "-1"], "--chance-images"),
     "unknown-model": (["--model", "ViT-Nope-99"], "unknown model"),
     "resnet-model": (["--model", "RN50"], "ViT"),
     "missing-checkpoint": (["--pretrained", "{tmp}/nope.bin"], "does not exist"),
@@ -260,3 +261,18 @@ def test_too_few_stability_runs_are_refused_with_the_option(tmp_path, capsys):
                      "--stability-runs", "1"]) == 2  # fmt: skip
     err = capsys.readouterr().err
     assert "--stability-runs must be >= 2" in err and "Traceback" not in err
+
+
+def test_info_says_how_training_ended():
+    from pipeline.cli import _training_info
+
+    assert _training_info(None) is None
+    assert _training_info({"trained": False, "encoder_sha256": "ab"}) == {"trained": False}
+    hist = [{"val_auc": 0.51}, {"val_auc": 0.55}, {"val_auc": None}, {"val_auc": 0.49}]
+    got = _training_info({"trained": True, "history": hist, "best_round": 1, "epochs_run": 2.0,
+                          "stop_reason": "no_signal", "val_signal": False})  # fmt: skip
+    assert got == {"trained": True, "rounds": 4, "best_round": 1, "epochs_run": 2.0,
+                   "stop_reason": "no_signal", "val_signal": False,
+                   "best_val_auc": 0.55}  # fmt: skip
+    older = _training_info({"history": [{"val_loss": 0.6}], "best_round": 0})  # before val AUCs
+    assert older["rounds"] == 1 and older["best_val_auc"] is None and older["stop_reason"] is None

@@ -84,8 +84,9 @@ def test_temperature_fit_degenerate_inputs():
 
 
 def test_train_config_validates(capsys):
-    for bad in ({"epochs": 0}, {"patience": 0}, {"batch_size": 0}, {"lr": 0.0}):
-        with pytest.raises(ValueError, match=">= 1|> 0"):
+    for bad in ({"epochs": 0}, {"patience": 0}, {"batch_size": 0}, {"lr": 0.0},
+                {"chance_images": -1}):  # fmt: skip
+        with pytest.raises(ValueError, match=">= 1|> 0|>= 0"):
             TrainConfig(**bad)
     from pipeline.cli import main  # a clear one-line error, exit code 2, before anything runs
 
@@ -131,6 +132,87 @@ def test_training_stops_early_and_keeps_the_best_epoch(tmp_path):
     t, b = fit_calibration(logit.numpy(), val["label"].to_numpy())
     assert info["temperature"] == pytest.approx(t, rel=1e-4) == float(model.temperature)
     assert info["logit_shift"] == pytest.approx(b, abs=1e-4) == float(model.logit_shift)
+
+
+def test_val_separation_is_the_auc_and_the_lower_end_of_its_interval():
+    from sklearn.metrics import roc_auc_score
+
+    from pipeline.train import val_separation
+    from pipeline.trust import auc_interval
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 200)
+    z = rng.normal(size=200) + 0.8 * y
+    auc, lo = val_separation(z, y)
+    assert auc == pytest.approx(roc_auc_score(y, z)) and lo == auc_interval(y, z)[1] < auc
+    assert lo > 0.5  # 100 per label, shifted by 0.8 sd: AUC about 0.7
+    tied = val_separation(np.zeros(40), np.r_[np.zeros(20), np.ones(20)])
+    assert tied[0] == 0.5 and tied[1] < 0.5  # no signal: the interval holds 0.5
+    assert val_separation(z, np.ones(200)) == (None, None)  # one label: not measured
+    assert val_separation(z[:0], y[:0]) == (None, None)
+
+
+def _chance_run(tmp_path, monkeypatch, seps, **cfg):
+    """train_encoder on a tiny set whose validation rounds report the (auc, lo) pairs ``seps``
+    (the last one repeated): the stopping rules' wiring, independent of what the model learns."""
+    import torch
+
+    from pipeline import ingest, train
+    from pipeline.config import EncoderConfig
+    from pipeline.encoder import create_encoder
+    from pipeline.synthetic import make_planted_dataset
+
+    root = tmp_path / "imgs"
+    if not root.exists():
+        make_planted_dataset(root, 16, 16, seed=2)
+    images = ingest.finalize(ingest.inspect_candidates(ingest.discover(root), 10**8, 8)[0])
+    calls = []
+
+    def fake_separation(z, y):
+        calls.append(len(z))
+        return seps[min(len(calls), len(seps)) - 1]
+
+    monkeypatch.setattr(train, "val_separation", fake_separation)
+    n_train = int(((images["split"] == "train") & (images["duplicate_of"] < 0)).sum())
+    cfg["chance_images"] = round(cfg.pop("chance_epochs") * n_train)  # one round per epoch here
+    torch.manual_seed(0)
+    model = create_encoder(EncoderConfig(model_name="asap-micro-vit-64"))
+    return train.train_encoder(model, images, TrainConfig(**cfg)), calls
+
+
+def test_training_gives_up_when_no_round_separates_the_val_labels(tmp_path, monkeypatch, caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="pipeline.train"):
+        info, calls = _chance_run(tmp_path, monkeypatch, [(0.52, 0.41)],
+                                  epochs=9, patience=50, chance_epochs=3)  # fmt: skip
+    assert len(info["history"]) == 3 == len(calls) and info["stopped_early"]
+    assert info["stop_reason"] == "no_signal" and info["val_signal"] is False
+    assert [h["val_auc_lo"] for h in info["history"]] == [0.41] * 3
+    assert "(3 validation rounds) no round told" in caplog.text
+    assert "best val AUC 0.520" in caplog.text
+    # the best round's weights are still the ones kept, and calibrated
+    assert info["best_round"] in range(3) and info["temperature"] > 0
+
+
+def test_one_separating_round_keeps_training_to_patience(tmp_path, monkeypatch):
+    # round 2 clears 0.5: the detector has signal, so only patience or the epochs end it
+    info, _ = _chance_run(tmp_path, monkeypatch, [(0.5, 0.4), (0.7, 0.55), (0.5, 0.4)],
+                          epochs=6, patience=50, chance_epochs=3)  # fmt: skip
+    assert len(info["history"]) == 6 and not info["stopped_early"]
+    assert info["stop_reason"] is None and info["val_signal"] is True
+    # turned off: the same chance-level rounds train on to the epochs
+    info, _ = _chance_run(tmp_path, monkeypatch, [(0.5, 0.4)], epochs=5, patience=50,
+                          chance_epochs=0)  # fmt: skip
+    assert len(info["history"]) == 5 and info["stop_reason"] is None
+    # a val split of one label says nothing either way: no stop for lack of signal
+    info, _ = _chance_run(tmp_path, monkeypatch, [(None, None)], epochs=5, patience=50,
+                          chance_epochs=2)  # fmt: skip
+    assert len(info["history"]) == 5 and info["val_signal"] is False
+    # patience still ends a run with signal, and says so
+    info, _ = _chance_run(tmp_path, monkeypatch, [(0.9, 0.8)], epochs=40, patience=1,
+                          chance_epochs=2, lr=1e-9)  # fmt: skip
+    assert info["stop_reason"] == "patience" and len(info["history"]) < 40
 
 
 def test_capped_sample_keeps_label_shares_and_is_reproducible():
