@@ -145,7 +145,8 @@ def _add_run(sub) -> None:
     r = p.add_argument_group("pipeline")
     r.add_argument("--partition-size", type=int, default=512, help="images per Dask task/file")
     r.add_argument("--batch-size", type=int, default=RunConfig.batch_size,
-                   help="images per forward pass")  # fmt: skip
+                   help="images per forward pass (default: 32 per torch thread on a CPU, at "
+                   "most 128; 128 on a GPU)")  # fmt: skip
     r.add_argument(
         "--maps",
         default=None,

@@ -206,9 +206,9 @@ class RunConfig:
     columns: ColumnsConfig = field(default_factory=ColumnsConfig)
     encoder_checkpoint: str | None = None  # reuse a trained ASAP encoder instead of training
     partition_size: int = 512  # images per Dask task / output file
-    # images per forward pass inside a partition (benchmarks/scale.py: 128 beat 64 by ~10% on a
-    # 2-core CPU with the tiny model and all maps)
-    batch_size: int = 128
+    # images per forward pass inside a partition; None: each worker's default for its device and
+    # threads (pipeline.devices.default_batch_size: 32 per torch thread on a CPU, 128 on a GPU)
+    batch_size: int | None = None
     # explanation method of the fake and real maps (pipeline.explain; None: its DEFAULT_METHOD);
     # the 16 dimension maps always use the cheap last-block rule
     maps: str | None = None
@@ -251,7 +251,7 @@ class RunConfig:
             raise ValueError(f"--decode {self.decode!r}: choose one of {', '.join(DECODERS)}")
         if self.layout not in ("umap", "pca"):
             raise ValueError(f"layout must be 'umap' or 'pca', got {self.layout!r}")
-        if self.partition_size < 1 or self.batch_size < 1:
+        if self.partition_size < 1 or (self.batch_size is not None and self.batch_size < 1):
             raise ValueError(
                 f"--partition-size and --batch-size must be >= 1 (got {self.partition_size}, "
                 f"{self.batch_size})"

@@ -109,6 +109,27 @@ def worker_device(preferred: str | None = None) -> str:
     return device
 
 
+# Images per forward pass when the run does not set --batch-size. On a CPU, per torch thread: the
+# tiny model's maps and patch descriptors on 512 pre-decoded images (the 100 k scale set), median
+# of 3, this 2-core AMD EPYC VM: one thread 135 / 130 / 124 / 107 img/s at batches 32 / 64 / 128
+# / 256, two threads 233 / 246 / 235 / 195 (small batches stay in the core's caches; a CPU run
+# has one worker with one thread per core). On a GPU, 128 as before (a card needs large batches
+# to fill; `--batch-size 512` in benchmarks/gpu.sh).
+CPU_BATCH_PER_THREAD = 32
+GPU_BATCH = 128
+
+
+def default_batch_size(device: str, threads: int | None = None) -> int:
+    """Images per forward pass on ``device`` with ``threads`` torch threads (default: this
+    process's)."""
+    import torch
+
+    if torch.device(device).type != "cpu":
+        return GPU_BATCH
+    threads = threads or torch.get_num_threads()
+    return min(GPU_BATCH, CPU_BATCH_PER_THREAD * max(1, threads))
+
+
 def gpu_worker_env(n_workers: int, env, device_count: int) -> list[dict]:
     """The environment of each of ``n_workers`` GPU workers started on this machine: worker i sees
     GPU i first (``CUDA_VISIBLE_DEVICES`` rotated as dask-cuda does, so peers stay reachable); a

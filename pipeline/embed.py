@@ -20,7 +20,7 @@ import torch
 
 from .batchread import BatchReader
 from .config import EncoderConfig
-from .devices import worker_device
+from .devices import default_batch_size, worker_device
 from .precision import compute_precision
 
 _TOWERS: dict[tuple[str, str], object] = {}  # per worker process: (config json, device) -> model
@@ -36,7 +36,7 @@ def _tower(enc: dict, device: str):
     return _TOWERS[key]
 
 
-def embed_chunk(enc: dict, paths: list[bytes], out_file: str, batch_size: int,
+def embed_chunk(enc: dict, paths: list[bytes], out_file: str, batch_size: int | None,
                 device: str | None, torch_threads: int | None, precision: str,
                 decode: str = "pil") -> dict:  # fmt: skip
     """Embeddings (n, E) float32 and the decode mask (n,) of ``paths``, written to ``out_file``."""
@@ -44,6 +44,7 @@ def embed_chunk(enc: dict, paths: list[bytes], out_file: str, batch_size: int,
     if torch_threads:
         torch.set_num_threads(torch_threads)
     device = worker_device(device)
+    batch_size = batch_size or default_batch_size(device)
     model = _tower(enc, device)
     reader = BatchReader(model.image_size, model.preprocess["mean"], model.preprocess["std"],
                          device, decode=decode)  # fmt: skip

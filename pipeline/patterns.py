@@ -32,6 +32,7 @@ import pandas as pd
 import torch
 
 from .config import PatternConfig, RunConfig
+from .devices import default_batch_size
 from .explain import adapter as A
 from .imageio import ImageRejected, load_for_model, normalize
 from .metrics import faithfulness_summary
@@ -255,7 +256,7 @@ def patches_current(run: RunPaths, part: int, cfg: PatternConfig) -> bool | None
 
 
 def patch_partition(part: int, paths: list[bytes], run_root: str, model_path: str, sha: str,
-                    cfg: PatternConfig, device: str | None, batch_size: int,
+                    cfg: PatternConfig, device: str | None, batch_size: int | None,
                     methods: list[str], n_parts: int = 1) -> dict:  # fmt: skip
     """Describe one partition's top patches and its faithfulness sample; write patches-NNNNN.npz.
     The encode pass does this itself (worker.encode_partition); this is for partitions encoded
@@ -265,6 +266,7 @@ def patch_partition(part: int, paths: list[bytes], run_root: str, model_path: st
         return {"part": part, "skipped": True}
     t0 = time.perf_counter()
     device = pick_device(device)
+    batch_size = batch_size or default_batch_size(device)
     model = cached_model(model_path, sha, device)
     feats = read_table(run.part_features(part), PART_FEATURE_COLUMNS)
     rel = np.load(run.part_relevance(part), mmap_mode="r")

@@ -14,7 +14,7 @@ import torch
 
 from .batchread import BatchReader
 from .config import PatternConfig
-from .devices import worker_device
+from .devices import default_batch_size, worker_device
 from .encoder import ASAPEncoder, load_encoder
 from .explain import explain
 from .precision import compute_precision, resolve_precision
@@ -117,7 +117,7 @@ def encode_partition(
     model_path: str,
     model_sha: str,
     *,
-    batch_size: int,
+    batch_size: int | None,
     maps: str,
     device: str | None,
     torch_threads: int | None,
@@ -139,6 +139,7 @@ def encode_partition(
     if torch_threads:
         torch.set_num_threads(torch_threads)
     device = pick_device(device)
+    batch_size = batch_size or default_batch_size(device)
     model = cached_model(model_path, model_sha, device)
     collector, on_batch = None, None
     if patterns is not None:

@@ -56,6 +56,7 @@ BAD = {  # extra arguments -> words the one-line error must contain
     "workers-0": (["--workers", "0"], "--workers"),
     "patterns-1": (["--patterns", "1"], "--patterns"),
     "partition-0": (["--partition-size", "0"], "--partition-size"),
+    "batch-0": (["--batch-size", "0"], "--batch-size"),
     "max-pixels-0": (["--max-pixels", "0"], "--max-pixels"),
     "bad-maps": (["--maps", "magic"], "magic"),
 }

@@ -176,3 +176,15 @@ def test_model_tasks_run_only_on_gpu_workers_beside_cpu_workers():
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False) as plain:
         with Client(plain) as c2:
             assert model_resources(c2) is None  # no worker declares a GPU: no restriction
+
+
+def test_default_batch_size_follows_the_device_and_threads():
+    import torch
+
+    from pipeline.devices import CPU_BATCH_PER_THREAD, GPU_BATCH, default_batch_size
+
+    assert [default_batch_size("cpu", t) for t in (1, 2, 3, 4, 16)] == [32, 64, 96, 128, 128]
+    assert CPU_BATCH_PER_THREAD == 32 and GPU_BATCH == 128
+    assert default_batch_size("cuda") == default_batch_size("cuda:1", 1) == GPU_BATCH
+    # without a thread count: this process's torch threads
+    assert default_batch_size("cpu") == min(GPU_BATCH, 32 * torch.get_num_threads())
