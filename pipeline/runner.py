@@ -488,10 +488,12 @@ def stage_layout(cfg: RunConfig, paths: RunPaths, images: pd.DataFrame, client=N
     test = joined[(joined["split"] == "test")]
     from .schema import read_run_json
 
-    held_out = read_run_json(paths.root).get("stages", {}).get("ingest", {}).get("held_out", "test")
-    from .trust import detector_check
+    stages = read_run_json(paths.root).get("stages", {})
+    held_out = stages.get("ingest", {}).get("held_out", "test")
+    from .trust import detector_check, with_training
 
     check = detector_check(test["label"].to_numpy(), test["p_fake"].to_numpy(), held_out)
+    check = with_training(check, stages.get("train"))
     metrics = {
         "held_out": held_out,  # what the "test" metrics were computed on
         "test": detection_metrics(test),

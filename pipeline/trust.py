@@ -70,6 +70,22 @@ def detector_check(labels: np.ndarray, p: np.ndarray, split: str = "test") -> di
         "are larger than the model's input")}  # fmt: skip
 
 
+def with_training(check: dict, train: dict | None) -> dict:
+    """``check`` (``detector_check``) with a word on how training ended when it gave up for lack
+    of signal (pipeline.train: no validation round separated the labels) and the held-out
+    images do not show a detector either: the remedy is then to train on, not only longer."""
+    train = train or {}
+    if check.get("verdict") == "detects" or train.get("stop_reason") != "no_signal":
+        return check
+    hist = train.get("history") or [{}]
+    seen = hist[-1].get("images")
+    where = f"after {seen:,} training images " if seen else ""
+    why = (f". Training stopped {where}because no validation round told the fakes from the "
+           "reals (--chance-images 0 trains on until --patience rounds bring no better "
+           "validation loss)")  # fmt: skip
+    return {**check, "message": check["message"] + why}
+
+
 def resolution_gap(widths: np.ndarray, heights: np.ndarray, tower_size: int, tiles: int) -> dict:
     """The images' median shorter side against the side the model sees (``tiles`` x its input);
     ``note`` says what resizing costs and which ``--tiles`` keeps the pixels when the images are

@@ -96,3 +96,20 @@ def test_training_on_large_images_says_so_before_it_trains(tmp_path, caplog):
     notes = [r.getMessage() for r in caplog.records if "averages away" in r.getMessage()]
     assert len(notes) == 1 and "160 px" in notes[0] and "--tiles 3" in notes[0]
     assert info["resolution"]["factor"] == pytest.approx(2.5)
+
+
+def test_a_chance_verdict_says_when_training_gave_up_for_lack_of_signal():
+    from pipeline.trust import detector_check, with_training
+
+    y = np.r_[np.zeros(50), np.ones(50)]
+    tied = detector_check(y, np.full(100, 0.5))
+    gave_up = {"stop_reason": "no_signal", "history": [{"images": 2000}, {"images": 26000}]}
+    got = with_training(tied, gave_up)
+    assert got["verdict"] == "chance" and got["message"].startswith(tied["message"])
+    assert "after 26,000 training images" in got["message"]
+    assert "--chance-images 0" in got["message"]
+    # patience, an encoder given with --encoder, or a detector that works: the message as it was
+    assert with_training(tied, {"stop_reason": "patience", "history": []}) == tied
+    assert with_training(tied, {"trained": False}) == tied == with_training(tied, None)
+    works = detector_check(y, y * 0.8 + 0.1)
+    assert works["verdict"] == "detects" and with_training(works, gave_up) == works
