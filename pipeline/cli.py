@@ -569,8 +569,10 @@ def main(argv: list[str] | None = None) -> int:
                 "--batch-size or --partition-size; the same command resumes what is done"
             )
         user = isinstance(e, _user_errors()) and not _is_torch_error(e)
-        if file_handler is not None:
-            log.error("%s: %s", "error" if user else "internal error", e, exc_info=True)
+        if file_handler is not None:  # the traceback to the run's log only, not the console's
+            file_handler.handle(log.makeRecord(
+                log.name, logging.ERROR, __file__, 0, "%s: %s",
+                ("error" if user else "internal error", e), sys.exc_info()))  # fmt: skip
         if created is not None and user:
             _remove_if_empty(created)
         if debug:

@@ -5,6 +5,7 @@ give identical checkpoints, and a cluster without workers is reported instead of
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 from pipeline import cli, runner
 from pipeline.config import RunConfig
 from pipeline.imageio import ImageRejected, decode_image
-from pipeline.schema import RunPaths, write_json
+from pipeline.schema import RunDirectoryError, RunPaths, write_json
 from tests.conftest import png_bytes
 from tests.pipeline import layouts
 
@@ -123,6 +124,27 @@ def test_an_internal_error_keeps_its_traceback_in_the_run_log(
     assert "Traceback" in log and "simulated CUDA out of memory" in log
     with pytest.raises(RuntimeError, match="simulated"):
         cli.main(["run", str(source), "--out", str(out), "--quiet", "--debug"])
+
+
+def test_without_quiet_the_console_shows_progress_but_no_traceback(
+    source, tmp_path, monkeypatch, capsys
+):
+    """Without --quiet the run's progress goes to the console too: an error there is still one
+    line, and its traceback goes to the run's log only (it once reached the console as well)."""
+
+    def boom(cfg, fresh=False):
+        logging.getLogger("pipeline.runner").info("progress line")
+        raise RunDirectoryError("holds a run with different encoder")
+
+    monkeypatch.setattr(runner, "run_pipeline", boom)
+    out = tmp_path / "run"
+    out.mkdir()  # an existing run directory, as when a run is resumed with other settings
+    rc = cli.main(["run", str(source), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "progress line" in err
+    assert "asap: error: holds a run with different encoder" in err and "Traceback" not in err
+    log = (out / "asap.log").read_text()
+    assert "Traceback" in log and "different encoder" in log
 
 
 def test_a_run_that_produced_nothing_does_not_block_the_corrected_command(tmp_path):
