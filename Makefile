@@ -48,7 +48,7 @@ SERVE ?= 1
 PORT ?= 5006
 TRAIN ?= 0
 DEMO_ENCODER ?= data/demo-encoder.pt
-DEMO_TRAIN ?= --epochs 150 --patience 30
+DEMO_TRAIN ?= --epochs 150 --patience 30 --stem patch
 DEMO_RUN := $(if $(filter 1,$(TRAIN)),runs/demo-trained,runs/demo)
 demo: setup
 	$(BIN)/python data/build_demo.py --n $(DEMO_N) --out data/demo --seed 0

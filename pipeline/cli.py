@@ -11,7 +11,7 @@ import sys
 
 import numpy as np
 
-from .config import EncoderConfig, PatternConfig, RunConfig, TrainConfig
+from .config import STEMS, EncoderConfig, PatternConfig, RunConfig, TrainConfig
 
 # The registry's names (pipeline.explain.METHODS; a test keeps them equal), spelled here so that
 # `asap --help` and `asap serve` do not import torch.
@@ -111,6 +111,10 @@ def _add_run(sub) -> None:
                    "cut it into K x K tiles that the tower sees unresized, and pool their scores; "
                    "keeps traces of a pixel or two in large images (costs K^2 x the compute; "
                    "towers trained from scratch; default: %(default)s)")  # fmt: skip
+    m.add_argument("--stem", default=None, choices=STEMS,
+                   help="what the tower sees: bank (the residual, its patch energy and a learned "
+                   "filter bank's), patch, forensic, highpass or none (the pixels). Default: "
+                   "bank for a tower trained from scratch, none for a pretrained one")  # fmt: skip
     t = p.add_argument_group("training")
     t.add_argument("--epochs", type=int, default=TrainConfig.epochs,
                    help="at most this many epochs (default: %(default)s)")  # fmt: skip
@@ -298,6 +302,7 @@ def build_config(a: argparse.Namespace) -> RunConfig:
             pretrained=a.pretrained,
             text_projection=a.text_projection,
             tiles=a.tiles,
+            stem=a.stem,
         ),
         train=TrainConfig(
             epochs=a.epochs,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-STEMS = ("forensic", "patch", "highpass", "none")
+STEMS = ("forensic", "patch", "bank", "highpass", "none")
 MAX_TILES = 8  # tiles per side (64 tiles of the tower's input per image)
 
 
@@ -20,13 +20,19 @@ class EncoderConfig:
     distilled_dim: int = 16
     # optional .pt file holding a (proj_dim, embed_dim) text-disentangling matrix to start from
     text_projection: str | None = None
-    # what the tower sees: "patch" (the residual of the image minus a blurred copy, where
-    # generator traces live, as forensic detectors' SRM/residual stems, plus each ViT patch's
-    # residual energy relative to its neighbouring patches: 6 channels), "forensic" (the same with
-    # a pixel-wise energy against a blurred surround, which spreads a trace into neighbouring
-    # patches; issue 9), "highpass" (the residual alone) or "none" (the pixels, as CLIP was
-    # trained). None: "patch" for towers trained from scratch, "none" for pretrained ones (whose
-    # first layer takes 3 channels).
+    # what the tower sees: "bank" (the residual of the image minus a blurred copy, where
+    # generator traces live, as forensic detectors' SRM/residual stems; each ViT patch's residual
+    # energy relative to its neighbouring patches; and the same patch energy of a learned bank of
+    # 5x5 filters of the residual, i.e. the energy in a trace's own frequency band and
+    # orientation, which stands out where the whole band's energy follows the content: 14
+    # channels), "patch" (the same without the bank: 6 channels; the committed demo encoder's),
+    # "forensic" (a pixel-wise energy against a blurred surround, which spreads a trace into
+    # neighbouring patches; issue 9), "highpass" (the residual alone) or "none" (the pixels, as
+    # CLIP was trained). None: "bank" for towers trained from scratch, "none" for pretrained ones
+    # (whose first layer takes 3 channels). "bank" against "patch", side by side on the planted
+    # suite (seeds 0-2, 40 epochs, README): held-out accuracy 0.732 +- 0.017 -> 0.823 +- 0.014,
+    # the fake map's pointing at the trace 0.78 +- 0.14 -> 0.92 +- 0.05 (photographs 0.49 ->
+    # 0.83), reals flagged on the photographs 7-75% -> 13-27%.
     stem: str | None = None
     # native-resolution analysis: the image is resized (shorter side) to `tiles` x the tower's
     # input size, centre-cropped, and cut into tiles x tiles tiles the tower sees at that
@@ -44,13 +50,13 @@ class EncoderConfig:
                 "--tiles > 1 needs a tower trained from scratch: a frozen pretrained tower's "
                 "embeddings are cached per image, not per tile (use --tiles 1 with --pretrained)"
             )
-        stem = self.stem or ("none" if self.pretrained else "patch")
+        stem = self.stem or ("none" if self.pretrained else "bank")
         if stem not in STEMS:
             raise ValueError(f"stem must be one of {STEMS}, got {self.stem!r}")
-        if stem in ("forensic", "patch") and self.pretrained:
+        if stem in ("forensic", "patch", "bank") and self.pretrained:
             raise ValueError(
-                f"the {stem} stem has 6 channels, a pretrained tower's first layer takes 3: use "
-                "stem 'highpass' or 'none' with --pretrained"
+                f"the {stem} stem has more than 3 channels, a pretrained tower's first layer "
+                "takes 3: use stem 'highpass' or 'none' with --pretrained"
             )
         object.__setattr__(self, "stem", stem)
 

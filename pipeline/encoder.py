@@ -92,7 +92,10 @@ def patch_energy(residual: torch.Tensor, patch: int) -> torch.Tensor:
 # carries 96% of the weight
 TILE_POOL_T = 0.5
 
-STEM_CHANNELS = {"none": 3, "highpass": 3, "forensic": 6, "patch": 6}
+# the "bank" stem's learned filters of the residual (each adds one patch-energy channel)
+BANK_FILTERS = 8
+BANK_SIZE = 5
+STEM_CHANNELS = {"none": 3, "highpass": 3, "forensic": 6, "patch": 6, "bank": 6 + BANK_FILTERS}
 
 
 class ASAPEncoder(nn.Module):
@@ -109,6 +112,10 @@ class ASAPEncoder(nn.Module):
         # (pipeline.train.fit_calibration); checkpoints from before the shift load with 0.
         self.register_buffer("temperature", torch.ones(()))
         self.register_buffer("logit_shift", torch.zeros(()))
+        # the "bank" stem's filters, trained with the tower (saved with it; absent otherwise)
+        if cfg.stem == "bank":
+            self.bank = nn.Conv2d(3, BANK_FILTERS, BANK_SIZE, padding=BANK_SIZE // 2,
+                                  padding_mode="reflect", bias=False)  # fmt: skip
 
     @property
     def tower_size(self) -> int:
@@ -155,7 +162,10 @@ class ASAPEncoder(nn.Module):
         blur (sigma 1 px), gained x4: content (std ~50 grey levels) no longer drowns traces of a
         few grey levels. Without it the tiny ViT trained from scratch did not learn a +-12
         checkerboard in 12 epochs (train loss at chance; issue 9). "forensic": that residual plus
-        its local energy relative to the image's own (``local_energy``), 6 channels."""
+        its local energy relative to the image's own (``local_energy``), 6 channels. "bank": "patch"
+        plus ``patch_energy`` of BANK_FILTERS learned 5x5 filters of the residual: a matched
+        filter's band (a grating's period, a seam's orientation) carries the trace's energy
+        where the residual's whole band also carries the content's."""
         if self.cfg.stem == "none":
             return pixels
         residual = HIGHPASS_GAIN * (pixels - TF.gaussian_blur(pixels, [5, 5], [1.0, 1.0]))
@@ -163,6 +173,10 @@ class ASAPEncoder(nn.Module):
             return residual
         if self.cfg.stem == "patch":
             return torch.cat([residual, patch_energy(residual, self.patch_size)], dim=1)
+        if self.cfg.stem == "bank":
+            p = self.patch_size
+            bands = patch_energy(self.bank(residual), p)
+            return torch.cat([residual, patch_energy(residual, p), bands], dim=1)
         return torch.cat([residual, local_energy(residual)], dim=1)
 
     @property

@@ -164,17 +164,20 @@ def test_demo_steps_end_to_end(demo200, tmp_path):
 
 def test_make_demo_uses_the_committed_encoder(demo200, tmp_path):
     """`make demo` runs with data/demo-encoder.pt (data/make_demo_encoder.py): the file is the
-    default tiny ViT with the default (patch) stem, stored as float16 with how it was made, and a
-    run given it trains nothing and keeps exactly those weights."""
+    default tiny ViT with the stem its script names (patch), stored as float16 with how it was
+    made, and a run given it trains nothing and keeps exactly those weights."""
     import torch
 
-    from pipeline.config import EncoderConfig, TrainConfig
+    from pipeline.config import TrainConfig
     from pipeline.encoder import file_sha256, load_encoder
 
     committed = REPO / "data" / "demo-encoder.pt"
     blob = torch.load(committed, map_location="cpu", weights_only=False)
     assert blob["config"]["model_name"] == "asap-tiny-vit-64"
-    assert blob["config"]["stem"] == EncoderConfig().stem == "patch"
+    sys.path.insert(0, str(REPO / "data"))
+    import make_demo_encoder as made
+
+    assert blob["config"]["stem"] == made.STEM == "patch"
     assert blob["config"]["pretrained"] is None
     assert "make_demo_encoder.py" in blob["extra"]["made_by"]
     assert blob["extra"]["selfblend"] == TrainConfig().selfblend > 0  # today's training defaults
@@ -187,12 +190,10 @@ def test_make_demo_uses_the_committed_encoder(demo200, tmp_path):
         and "--encoder $(DEMO_ENCODER)" in makefile
     )
     # the committed file, its script and `make demo TRAIN=1` share one training recipe
-    sys.path.insert(0, str(REPO / "data"))
-    import make_demo_encoder as made
-
     recipe = f"--epochs {made.EPOCHS} --patience {made.PATIENCE}"
     assert recipe in blob["extra"]["made_by"]
-    assert f"DEMO_TRAIN ?= {recipe}" in makefile and "$(DEMO_TRAIN)" in makefile
+    assert f"DEMO_TRAIN ?= {recipe} --stem {made.STEM}\n" in makefile
+    assert "$(DEMO_TRAIN)" in makefile
     out = tmp_path / "run"
     subprocess.run(
         [sys.executable, "-m", "pipeline.cli", "run", str(demo200), "--out", str(out),

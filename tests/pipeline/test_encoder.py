@@ -33,7 +33,7 @@ def test_forward_shapes_and_orthogonal_projection():
     assert all(p.requires_grad for p in model.visual.parameters()), "scratch tower must train"
 
 
-@pytest.mark.parametrize("stem", ["forensic", "patch", "highpass", "none"])
+@pytest.mark.parametrize("stem", ["forensic", "patch", "bank", "highpass", "none"])
 def test_save_load_round_trip(tmp_path, stem):
     torch.manual_seed(1)
     model = create_encoder(EncoderConfig(model_name=TINY, stem=stem)).eval()
@@ -65,12 +65,36 @@ def test_checkpoint_from_before_the_logit_shift_loads_with_p_fake_unchanged(tmp_
 
 
 def test_default_stems_and_the_energy_stems_refused_on_a_pretrained_tower():
-    assert EncoderConfig().stem == "patch"
+    assert EncoderConfig().stem == "bank"
     assert EncoderConfig(pretrained="openai").stem == "none"
-    with pytest.raises(ValueError, match="6 channels"):
-        EncoderConfig(pretrained="openai", stem="forensic")
-    with pytest.raises(ValueError, match="6 channels"):
-        EncoderConfig(pretrained="openai", stem="patch")
+    for stem in ("forensic", "patch", "bank"):
+        with pytest.raises(ValueError, match="more than 3 channels.*use stem 'highpass'"):
+            EncoderConfig(pretrained="openai", stem=stem)
+
+
+def test_bank_stem_is_local_and_its_filters_train():
+    """The "bank" stem's energy channels change only in the patches a trace touches, and its
+    filters receive the detector's gradient (they train with the tower and are saved with it)."""
+    torch.manual_seed(2)
+    model = create_encoder(EncoderConfig(model_name=TINY, stem="bank"))
+    g = torch.Generator().manual_seed(3)
+    ramp = torch.linspace(0.2, 0.8, 64)
+    clean = (ramp[None, :] + ramp[:, None]) / 2 + 0.004 * torch.randn(1, 3, 64, 64, generator=g)
+    traced = clean.clone()
+    yy, xx = torch.meshgrid(torch.arange(8), torch.arange(8), indexing="ij")
+    traced[0, :, 24:32, 40:48] += 0.03 * torch.cos(2.1 * xx)  # one patch: row 3, column 5
+    with torch.no_grad():
+        diff = (model.stem(traced) - model.stem(clean))[0, 6:].abs().amax(dim=0)
+    per_patch = diff.reshape(8, 8, 8, 8).amax(dim=(1, 3))  # (patch row, patch column)
+    assert divmod(int(per_patch.argmax()), 8) == (3, 5) and per_patch[3, 5] > 0.5
+    # the blur and the 5x5 filters reach 4 px past the patch (its neighbours), whose energies
+    # enter the 5x5-patch medians of the patches 2 further: nothing beyond changes
+    outside = per_patch.clone()
+    outside[0:7, 2:8] = 0
+    assert float(outside.max()) == 0.0 and float(per_patch[7].max()) == 0.0
+    _, _, logit = model(traced)
+    logit.sum().backward()
+    assert model.bank.weight.grad is not None and float(model.bank.weight.grad.abs().sum()) > 0
 
 
 def test_local_energy_is_relative_to_the_image_and_marks_a_noisier_region():
