@@ -32,7 +32,7 @@ $(CHROMIUM):
 browser: $(CHROMIUM)
 
 test: setup lint browser
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"

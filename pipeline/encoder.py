@@ -95,6 +95,30 @@ TILE_POOL_T = 0.5
 # the "bank" stem's learned filters of the residual (each adds one patch-energy channel)
 BANK_FILTERS = 8
 BANK_SIZE = 5
+BANK_LINES = 4  # of them, initialised as grey ridge detectors at 0, 90, 45 and 135 degrees
+
+
+def ridge_filters(size: int = BANK_SIZE) -> torch.Tensor:
+    """(4, 3, size, size) unit-norm matched filters of a 1 px grey line in the stem's residual,
+    horizontal, vertical and the two diagonals: along the line they average ``size`` pixels of
+    the three channels; across it they follow the residual's profile of a line (a delta minus
+    the stem's sigma-1 Gaussian). A faint seam (+8 grey levels on noise of std 6) changes its
+    patches' residual energy by about as much as the noise does, but these filters' energy by
+    several times that (benchmarks and issue 9: with random filters the bank never learned it)."""
+    half = size // 2
+    x = torch.arange(-half, half + 1, dtype=torch.float64)
+    profile = -torch.exp(-(x**2) / 2)
+    profile = profile / -profile.sum()
+    profile[half] += 1.0  # delta - Gaussian(sigma 1), as the residual makes of a line
+    across = profile[:, None].expand(size, size)  # rows vary: a horizontal line
+    d = torch.arange(size)[:, None] - torch.arange(size)[None, :]
+    diag = torch.where(d.abs() <= half, profile[(d + half).clamp(0, size - 1)],
+                       torch.zeros(()))  # fmt: skip
+    w = torch.stack([across, across.T, diag, diag.flip(1)])[:, None].expand(4, 3, size, size)
+    w = w / w.flatten(1).norm(dim=1)[:, None, None, None]
+    return w.float().contiguous()
+
+
 STEM_CHANNELS = {"none": 3, "highpass": 3, "forensic": 6, "patch": 6, "bank": 6 + BANK_FILTERS}
 
 
@@ -116,6 +140,8 @@ class ASAPEncoder(nn.Module):
         if cfg.stem == "bank":
             self.bank = nn.Conv2d(3, BANK_FILTERS, BANK_SIZE, padding=BANK_SIZE // 2,
                                   padding_mode="reflect", bias=False)  # fmt: skip
+            with torch.no_grad():  # the rest keep torch's random start and learn what they can
+                self.bank.weight[:BANK_LINES] = ridge_filters(BANK_SIZE)
 
     @property
     def tower_size(self) -> int:
@@ -165,7 +191,8 @@ class ASAPEncoder(nn.Module):
         its local energy relative to the image's own (``local_energy``), 6 channels. "bank": "patch"
         plus ``patch_energy`` of BANK_FILTERS learned 5x5 filters of the residual: a matched
         filter's band (a grating's period, a seam's orientation) carries the trace's energy
-        where the residual's whole band also carries the content's."""
+        where the residual's whole band also carries the content's. The first BANK_LINES
+        filters start as ridge detectors (``ridge_filters``), the rest at random."""
         if self.cfg.stem == "none":
             return pixels
         residual = HIGHPASS_GAIN * (pixels - TF.gaussian_blur(pixels, [5, 5], [1.0, 1.0]))

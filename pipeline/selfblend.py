@@ -10,11 +10,13 @@ maps can point at it (issue 9).
 The traces are generic classes of processing, every parameter drawn at random: additive noise
 (white or band-limited, dense or sparse, grey or colour), an additive periodic wave (any period
 from 2 to 8 px, orientation, phase; sine or square), low-pass (blur), sharpening, resampling
-(down and up again) and re-quantisation. Amplitudes go down to 2 grey levels. They are drawn
-inside an ellipse or a rectangle of one to four ViT patches a side, with a hard or a feathered
-edge. Nothing here knows the evaluation suite's families (pipeline.synthetic); some of them fall
-inside these classes (a periodic wave, sparse noise), others do not (a 1 px seam, a thin
-colour-shifted ring), and benchmarks/faithfulness.py reports every family separately."""
+(down and up again), re-quantisation, and a thin seam (a 1-2 px straight or curved line offset by
+a few grey levels, grey or colour: what a splice or a blending boundary leaves). Amplitudes go
+down to 2 grey levels. They are drawn inside an ellipse or a rectangle of one to four ViT patches
+a side, with a hard or a feathered edge. Nothing here knows the evaluation suite's exact families
+(pipeline.synthetic), but some fall inside these classes (a periodic wave, sparse noise, and
+since the seam class a 1 px seam and a thin colour-shifted ring), and
+benchmarks/faithfulness.py reports every family separately."""
 
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ import torch
 import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 
-KINDS = ("noise", "periodic", "lowpass", "sharpen", "resample", "quantise")
+KINDS = ("noise", "periodic", "lowpass", "sharpen", "resample", "quantise", "seam")
 
 
 def _region(rng: np.random.Generator, size: int, patch: int) -> np.ndarray:
@@ -54,10 +56,34 @@ def _amplitude(rng: np.random.Generator, lo: float, hi: float) -> float:
     return float(np.exp(rng.uniform(np.log(lo), np.log(hi))))  # faint ones as often as strong
 
 
-def _traced(rng: np.random.Generator, img: np.ndarray, kind: str) -> np.ndarray:
-    """The whole image (float32, 0-255) processed by one trace of ``kind``."""
+def _seam(rng: np.random.Generator, size: int, centre: tuple[float, float]) -> np.ndarray:
+    """(size, size) coverage in [0, 1] of a 1-2 px line through ``centre``: straight at any
+    angle, or an arc of radius 4-24 px (anti-aliased: coverage falls off over one pixel)."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
+    cy, cx = centre
+    angle = rng.uniform(0, np.pi)
+    if rng.random() < 0.5:
+        dist = np.abs((xx - cx) * np.sin(angle) - (yy - cy) * np.cos(angle))
+    else:
+        r = float(rng.uniform(4, 24))
+        oy, ox = cy + r * np.sin(2 * angle), cx + r * np.cos(2 * angle)
+        dist = np.abs(np.hypot(yy - oy, xx - ox) - r)
+    width = float(rng.uniform(1.0, 2.0))
+    return np.clip(width / 2 + 0.5 - dist, 0.0, 1.0)
+
+
+def _traced(
+    rng: np.random.Generator, img: np.ndarray, kind: str, centre: tuple[float, float] | None = None
+) -> np.ndarray:
+    """The whole image (float32, 0-255) processed by one trace of ``kind``; a seam passes
+    through ``centre`` (y, x in pixels; default the image's centre)."""
     size = img.shape[0]
     channels = 1 if rng.random() < 0.5 else 3  # grey or colour
+    if kind == "seam":
+        line = _seam(rng, size, centre or (size / 2, size / 2))
+        colour = rng.uniform(-1.0, 1.0, size=channels) if channels == 3 else np.ones(1)
+        colour = colour / (np.abs(colour).max() + 1e-6) * rng.choice([-1.0, 1.0])
+        return img + _amplitude(rng, 3, 24) * line[..., None] * colour.astype(np.float32)
     if kind == "noise":
         noise = rng.normal(0.0, 1.0, size=(size, size, channels)).astype(np.float32)
         if rng.random() < 0.5:
@@ -101,7 +127,9 @@ def self_blend(
     changed no pixel after rounding."""
     base = img.astype(np.float32)
     weight = _region(rng, img.shape[0], patch)[..., None]
-    traced = _traced(rng, base, KINDS[int(rng.integers(len(KINDS)))])
+    ys, xs = np.nonzero(weight[..., 0] >= 0.5)
+    centre = (float(ys.mean()) + 0.5, float(xs.mean()) + 0.5)  # a seam crosses the region
+    traced = _traced(rng, base, KINDS[int(rng.integers(len(KINDS)))], centre)
     out = np.clip(np.rint(base * (1 - weight) + traced * weight), 0, 255).astype(np.uint8)
     if np.array_equal(out, img):  # too faint to survive rounding here: no trace, no mask
         return out, np.zeros(img.shape[:2], bool)

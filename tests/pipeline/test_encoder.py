@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 
+import numpy as np
 import pytest
 import torch
 
@@ -95,6 +96,38 @@ def test_bank_stem_is_local_and_its_filters_train():
     _, _, logit = model(traced)
     logit.sum().backward()
     assert model.bank.weight.grad is not None and float(model.bank.weight.grad.abs().sum()) > 0
+
+
+def test_bank_starts_with_ridge_filters_that_see_a_faint_seam():
+    """The bank's first BANK_LINES filters start as oriented ridge detectors: a +8 grey-level
+    1 px horizontal seam on a noisy texture raises the horizontal one's patch energy several
+    times more than the residual's own, and leaves the vertical one's flat. No training."""
+    from pipeline.encoder import BANK_LINES, ridge_filters
+    from pipeline.synthetic import texture
+
+    w = ridge_filters()
+    assert BANK_LINES == 4 and w.shape == (4, 3, 5, 5)
+    assert torch.allclose(w.flatten(1).norm(dim=1), torch.ones(4))
+    assert torch.allclose(w[1], w[0].transpose(-1, -2)) and torch.allclose(w[3], w[2].flip(-1))
+    torch.manual_seed(0)
+    model = create_encoder(EncoderConfig(model_name=TINY, stem="bank"))
+    assert torch.equal(model.bank.weight[:4], w)
+    rng = np.random.default_rng(5)
+
+    def pixels(arr):
+        x = torch.tensor(np.clip(np.rint(arr), 0, 255)).permute(2, 0, 1)[None] / 255.0
+        return (x - 0.45) / 0.27
+
+    for _ in range(3):
+        clean = texture(rng, 64).astype(np.float32)
+        seam = clean.copy()
+        seam[27, 20:40] += 8.0  # patch row 3, columns 2-4
+        with torch.no_grad():
+            rise = (model.stem(pixels(seam)) - model.stem(pixels(clean)))[0, :, ::8, ::8]
+        residual, horizontal, vertical = rise[3:6].amax(0), rise[6], rise[7]
+        assert float(horizontal[3, 3:5].min()) > 3 * float(residual[3, 3:5].max()) > 0
+        assert float(horizontal[3, 3:5].min()) > 0.8
+        assert float(vertical[3, 2:5].abs().max()) < 0.2
 
 
 def test_local_energy_is_relative_to_the_image_and_marks_a_noisier_region():

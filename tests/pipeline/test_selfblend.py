@@ -88,3 +88,29 @@ def test_training_with_self_blends_runs_and_says_so(tmp_path, capsys):
         runs.setdefault(share, []).append(info["history"][0]["train_loss"])
     assert runs[1.0][0] == runs[1.0][1], "the same seed draws the same self-blends"
     assert runs[1.0][0] != runs[0.0][0]
+
+
+def test_a_seam_is_a_thin_line_through_its_region(monkeypatch):
+    """The seam class (a splice's or blending boundary's trace): a 1-2 px line, straight or an
+    arc, through the region's centre, so the mask that labels it is where it is."""
+    from pipeline.selfblend import _seam
+
+    rng = np.random.default_rng(4)
+    for _ in range(40):
+        centre = tuple(float(v) for v in rng.uniform(10, 54, size=2))
+        line = _seam(rng, 64, centre)
+        assert line.min() >= 0 and line.max() <= 1
+        assert line[int(centre[0]), int(centre[1])] > 0, "it passes through the centre"
+        assert not ndimage.binary_erosion(line > 0, iterations=2).any(), "at most ~3 px wide"
+        assert (line > 0).sum() >= 10
+    monkeypatch.setattr("pipeline.selfblend.KINDS", ("seam",))
+    torch.manual_seed(0)
+    model = create_encoder(EncoderConfig(model_name="asap-micro-vit-64"))
+    for _ in range(20):
+        img = texture(rng, 64)
+        out, mask = self_blend(img, rng, 8)
+        changed = np.any(out != img, axis=2)
+        assert changed.any() and mask.any()
+        assert changed.sum() < 0.75 * mask.sum() or mask.sum() < 100, "thin, not the region"
+        assert (changed & mask).sum() >= 0.5 * changed.sum()
+        assert patch_targets(torch.from_numpy(mask)[None], model).sum() >= 1
