@@ -96,6 +96,7 @@ TILE_POOL_T = 0.5
 BANK_FILTERS = 8
 BANK_SIZE = 5
 BANK_LINES = 4  # of them, initialised as grey ridge detectors at 0, 90, 45 and 135 degrees
+BANK_CHROMA = 2  # the next ones, initialised as opponent-colour detectors (R - G, B - G)
 
 
 def ridge_filters(size: int = BANK_SIZE) -> torch.Tensor:
@@ -117,6 +118,21 @@ def ridge_filters(size: int = BANK_SIZE) -> torch.Tensor:
     w = torch.stack([across, across.T, diag, diag.flip(1)])[:, None].expand(4, 3, size, size)
     w = w / w.flatten(1).norm(dim=1)[:, None, None, None]
     return w.float().contiguous()
+
+
+def chroma_filters(size: int = BANK_SIZE) -> torch.Tensor:
+    """(2, 3, size, size) unit-norm opponent-colour filters of the residual at the centre pixel,
+    red minus green and blue minus green: a photograph's fine detail is mostly luminance, its
+    three channels' residuals moving together, so these respond to little of it, while colour
+    noise and a colour-shifted edge (speckle, a ring; a generator's per-channel upsampling)
+    change them fully. As an image statistic (the largest patch energy, no training) they lift
+    the AUC of colour speckle on photographs from 0.55 with the residual's energy to 0.79, of a
+    thin colour ring from 0.55 to 0.71 (issue 9)."""
+    w = torch.zeros(2, 3, size, size)
+    c = size // 2
+    w[0, 0, c, c], w[0, 1, c, c] = 1.0, -1.0
+    w[1, 2, c, c], w[1, 1, c, c] = 1.0, -1.0
+    return w / 2**0.5
 
 
 STEM_CHANNELS = {"none": 3, "highpass": 3, "forensic": 6, "patch": 6, "bank": 6 + BANK_FILTERS}
@@ -142,6 +158,7 @@ class ASAPEncoder(nn.Module):
                                   padding_mode="reflect", bias=False)  # fmt: skip
             with torch.no_grad():  # the rest keep torch's random start and learn what they can
                 self.bank.weight[:BANK_LINES] = ridge_filters(BANK_SIZE)
+                self.bank.weight[BANK_LINES : BANK_LINES + BANK_CHROMA] = chroma_filters(BANK_SIZE)
 
     @property
     def tower_size(self) -> int:
@@ -192,7 +209,8 @@ class ASAPEncoder(nn.Module):
         plus ``patch_energy`` of BANK_FILTERS learned 5x5 filters of the residual: a matched
         filter's band (a grating's period, a seam's orientation) carries the trace's energy
         where the residual's whole band also carries the content's. The first BANK_LINES
-        filters start as ridge detectors (``ridge_filters``), the rest at random."""
+        filters start as ridge detectors (``ridge_filters``), the next BANK_CHROMA as
+        opponent-colour detectors (``chroma_filters``), the rest at random."""
         if self.cfg.stem == "none":
             return pixels
         residual = HIGHPASS_GAIN * (pixels - TF.gaussian_blur(pixels, [5, 5], [1.0, 1.0]))
