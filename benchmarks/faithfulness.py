@@ -49,7 +49,13 @@ from pipeline.explain import DEFAULT_METHOD, METHODS
 from pipeline.explain import adapter as A
 from pipeline.imageio import load_for_model, normalize
 from pipeline.perturb import curve_area, order_by, perturbation_curves
-from pipeline.synthetic import SUITE_FAMILIES, make_suite, peak_on_artifact
+from pipeline.synthetic import (
+    PLANTERS,
+    SUITE_FAMILIES,
+    UNSEEN_FAMILIES,
+    make_suite,
+    peak_on_artifact,
+)
 from pipeline.train import fit_calibration, train_encoder
 
 
@@ -124,7 +130,7 @@ def suite_seed(args, seed: int, methods: list[str]) -> dict:
     """Generate, train, and score one seed of the planted suite: {method: {figure: value}}."""
     with tempfile.TemporaryDirectory() as tmp:
         truth, masks = make_suite(Path(tmp) / "imgs", args.n_real, args.n_fake, seed=seed,
-                                  size=args.size)  # fmt: skip
+                                  size=args.size, families=args.families)  # fmt: skip
         images = ingest.finalize(
             ingest.inspect_candidates(ingest.discover(Path(tmp) / "imgs"), 10**8, 8)[0]
         )
@@ -168,15 +174,15 @@ def suite_seed(args, seed: int, methods: list[str]) -> dict:
                   "all held-out fakes instead (the figures then mean nothing)")  # fmt: skip
             det = lab == 1
         real = lab == 0
-        res = {"_detect": {f: float((p[fam == f] >= 0.5).mean()) for f in SUITE_FAMILIES},
-               "_auc": {f: _auc(p[fam == f], p[real]) for f in SUITE_FAMILIES},
+        res = {"_detect": {f: float((p[fam == f] >= 0.5).mean()) for f in args.families},
+               "_auc": {f: _auc(p[fam == f], p[real]) for f in args.families},
                "_real_flagged": float((p[real] >= 0.5).mean()),
                "_acc": float(((p >= 0.5) == lab).mean()),
                "_epochs": info.get("epochs_run"), "_T": info.get("temperature"),
                "_shift": info.get("logit_shift", 0.0)}  # fmt: skip
         res["_base"] = {  # the same figures per base (smooth textures, photographs)
             b: {"auc": {f: _auc(p[(fam == f) & (base == b)], p[real & (base == b)])
-                        for f in SUITE_FAMILIES},
+                        for f in args.families},
                 "detect": float((p[(lab == 1) & (base == b)] >= 0.5).mean()),
                 "flagged": float((p[real & (base == b)] >= 0.5).mean())}
             for b in dict.fromkeys(base)
@@ -197,7 +203,7 @@ def suite_seed(args, seed: int, methods: list[str]) -> dict:
             r = {"pointing": float(hit.mean()), "deletion": float(s["deletion"].mean()),
                  "insertion": float(s["insertion"].mean())}  # fmt: skip
             r.update({f"point_{f}": float(hit[fam_det == f].mean()) if (fam_det == f).any()
-                      else float("nan") for f in SUITE_FAMILIES})  # fmt: skip
+                      else float("nan") for f in args.families})  # fmt: skip
             r.update({f"point_{b}": float(hit[base_det == b].mean()) if (base_det == b).any()
                       else float("nan") for b in res["_base"]})  # fmt: skip
             for band, sel in (("sure", sure), ("unsure", ~sure)):
@@ -315,6 +321,14 @@ def main() -> None:
         "temperature and shift again on the suite's val split (today's calibration)",
     )
     ap.add_argument("--keep", default=None, help="save each seed's trained encoder in this folder")
+    ap.add_argument(
+        "--families",
+        default="suite",
+        help=f"the planted families: `suite` (the {len(SUITE_FAMILIES)} the detectors are "
+        f"developed on), `unseen` (the {len(UNSEEN_FAMILIES)} of "
+        "pipeline.synthetic.UNSEEN_FAMILIES: score kept detectors with --encoder on traces "
+        "they never saw), or a comma list",
+    )
     ap.add_argument("--size", type=int, default=64, help="side of the suite's images in pixels")
     ap.add_argument("--tiles", type=int, default=1, help="the detector's tiles per side (asap run "
                     "--tiles): --size 128 --tiles 2 sees the images at native resolution, "
@@ -330,6 +344,10 @@ def main() -> None:
     if args.quick:
         args.n_real, args.n_fake = min(args.n_real, 60), min(args.n_fake, 12)
         args.epochs = min(args.epochs, 3)
+    named = {"suite": SUITE_FAMILIES, "unseen": UNSEEN_FAMILIES}
+    args.families = list(named.get(args.families, args.families.split(",")))
+    if bad := [f for f in args.families if f not in PLANTERS]:
+        ap.error(f"unknown families {bad}: choose from suite, unseen or {sorted(PLANTERS)}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")  # epochs on stderr
     methods = [m for m in args.methods.split(",") if m]
     for m in (DEFAULT_METHOD, "attention"):
@@ -372,7 +390,7 @@ def suite_table(args, seeds: list[dict], methods: list[str]) -> None:
           f"{_ms([r['_n_detected'] for r in seeds])}, of them p(fake) >= {SURE} (sure) "
           f"{_ms([r['_n_sure'] for r in seeds])}")  # fmt: skip
     bases = list(seeds[0]["_base"])
-    cols = ["pointing", *[f"point_{f}" for f in SUITE_FAMILIES],
+    cols = ["pointing", *[f"point_{f}" for f in args.families],
             *[f"point_{b}" for b in bases], "point_sure", "point_unsure", "deletion", "insertion",
             "vs_random", "vs_random_sure", "vs_random_unsure", "vs_attention", "occlusion_rho",
             "cost"]  # fmt: skip
