@@ -28,6 +28,10 @@ pointing share on detected fakes over all families.
     python benchmarks/faithfulness.py --seeds 0 1 2 3 4 --epochs 40 --keep DIR   # train, keep
     python benchmarks/faithfulness.py --seeds 0 1 2 3 4 --encoder DIR --recalibrate \
         --demo-run runs/demo --demo-images 256                # the README's table from kept ones
+    python benchmarks/faithfulness.py --seeds 0 --epochs 150 --patience 30 --families unseen
+        # a detector trained as `asap run` trains, on families no part of ASAP was tuned on
+    python benchmarks/faithfulness.py --seeds 0 --encoder DIR --families unseen
+        # detectors kept from the suite (--keep DIR), scored on traces they never saw
 """
 
 from __future__ import annotations
