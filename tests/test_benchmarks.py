@@ -93,3 +93,16 @@ def test_scale_benchmark_runs(tmp_path):
     for stage in ("ingest", "train", "encode", "layout"):
         assert meta["resources"][stage]["driver_peak_rss_mb"] > 0
         assert meta["resources"][stage]["worker_peak_rss_mb"] > 0
+
+
+def test_visibility_benchmark_runs():
+    """Fixed statistics, no training: the energy channel sees a strong checkerboard on the smooth
+    textures (a deterministic computation, no margin on a trained model)."""
+    args = ["benchmarks/visibility.py", "--families", "checker,hue", "--n", "40"]
+    out = subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=REPO,
+                         timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.strip().splitlines()
+    assert re.fullmatch(r"photo_best_auc=checker:\d\.\d{3},hue:\d\.\d{3}", lines[-1]), lines[-1]
+    row = next(ln for ln in lines if ln.startswith("| checker | texture |"))
+    assert float(row.split("|")[3]) > 0.9, row
