@@ -104,11 +104,6 @@ class TrainConfig:
     # local trace, labelled fake, its patches labelled by the patch loss; pipeline/selfblend.py)
     # when the tower trains from scratch. 0 turns it off.
     selfblend: float = 0.5
-    # weight of an image-level loss on the self-blends of additive kinds (selfblend.ADDITIVE:
-    # noise, a periodic wave, a seam), labelled fake, beside the token loss that every self-blend
-    # gets. 0: the self-blends train the tokens only (all kinds at weight 1 flagged 40% of the
-    # planted suite's reals, seed 1; README)
-    blend_image: float = 0.0
     # Platt scaling: fit a shift of the logit beside its temperature on the val split, so that
     # p(fake) = 0.5 is where val says fake and real are equally likely (pipeline.train.
     # fit_calibration); off: the temperature alone, the operating point where training left it
@@ -137,9 +132,6 @@ class TrainConfig:
             raise ValueError(f"the patch loss weight must be >= 0, got {self.patch_loss}")
         if not 0 <= self.selfblend <= 1:
             raise ValueError(f"the self-blend share must be in [0, 1], got {self.selfblend}")
-        if not self.blend_image >= 0:
-            raise ValueError(f"the self-blends' image loss weight must be >= 0, got "
-                             f"{self.blend_image}")  # fmt: skip
         if not self.lr > 0:
             raise ValueError(f"the learning rate must be > 0, got {self.lr}")
 

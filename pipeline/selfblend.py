@@ -26,9 +26,6 @@ import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 
 KINDS = ("noise", "periodic", "lowpass", "sharpen", "resample", "quantise", "seam")
-# traces that add a signal no camera adds (the rest re-process the pixels, as defocus, a resize or
-# a compression of a real photograph can): the only ones that may also train the image's label
-ADDITIVE = ("noise", "periodic", "seam")
 
 
 def _region(rng: np.random.Generator, size: int, patch: int) -> np.ndarray:
@@ -122,24 +119,21 @@ def _traced(
 
 
 def self_blend(
-    img: np.ndarray, rng: np.random.Generator, patch: int, with_kind: bool = False
-) -> tuple[np.ndarray, np.ndarray] | tuple[np.ndarray, np.ndarray, str]:
+    img: np.ndarray, rng: np.random.Generator, patch: int
+) -> tuple[np.ndarray, np.ndarray]:
     """A copy of ``img`` (S, S, 3) uint8 with one random local trace, and its mask (S, S) bool:
     the region where the trace's blend weight is at least one half (1 to 4 ``patch`` pixels a
     side; a sparse trace changes only some of its pixels). The mask is empty when the trace
-    changed no pixel after rounding. ``with_kind``: also the trace's kind (one of KINDS)."""
+    changed no pixel after rounding."""
     base = img.astype(np.float32)
     weight = _region(rng, img.shape[0], patch)[..., None]
     ys, xs = np.nonzero(weight[..., 0] >= 0.5)
     centre = (float(ys.mean()) + 0.5, float(xs.mean()) + 0.5)  # a seam crosses the region
-    kind = KINDS[int(rng.integers(len(KINDS)))]
-    traced = _traced(rng, base, kind, centre)
+    traced = _traced(rng, base, KINDS[int(rng.integers(len(KINDS)))], centre)
     out = np.clip(np.rint(base * (1 - weight) + traced * weight), 0, 255).astype(np.uint8)
     if np.array_equal(out, img):  # too faint to survive rounding here: no trace, no mask
-        mask = np.zeros(img.shape[:2], bool)
-    else:
-        mask = weight[..., 0] >= 0.5
-    return (out, mask, kind) if with_kind else (out, mask)
+        return out, np.zeros(img.shape[:2], bool)
+    return out, weight[..., 0] >= 0.5
 
 
 def patch_targets(masks: torch.Tensor, model) -> torch.Tensor:

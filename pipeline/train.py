@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from .config import TrainConfig
 from .encoder import ASAPEncoder
 from .imageio import ImageRejected, load_for_model, normalize
-from .selfblend import ADDITIVE, patch_targets, self_blend
+from .selfblend import patch_targets, self_blend
 from .trust import auc_interval
 
 log = logging.getLogger(__name__)
@@ -356,10 +356,10 @@ def train_encoder(
         y = y_tr[idx].numpy()
         pick = np.nonzero((y == 0) & ok)[0]
         pick = pick[rng.random(len(pick)) < cfg.selfblend]
-        made = [self_blend(arr[i], rng, model.patch_size, with_kind=True) for i in pick]
-        made = [(im, m, k) for im, m, k in made if m.any()]
+        made = [self_blend(arr[i], rng, model.patch_size) for i in pick]
+        made = [(im, m) for im, m in made if m.any()]
         if made:
-            arr = np.concatenate([arr, np.stack([im for im, *_ in made])])
+            arr = np.concatenate([arr, np.stack([im for im, _ in made])])
             ok = np.concatenate([ok, np.ones(len(made), bool)])
             y = np.concatenate([y, np.ones(len(made), y.dtype)])
         *_, logit, tokens = model.forward_with_tokens(_pixels(model, arr, device))
@@ -374,17 +374,11 @@ def train_encoder(
                 token_logit.amax(dim=1)[keep], yt[keep], pos_weight=pos_weight)
         )  # fmt: skip
         if made:
-            masks = torch.as_tensor(np.stack([m for _, m, _ in made]), device=device)
+            masks = torch.as_tensor(np.stack([m for _, m in made]), device=device)
             target = patch_targets(masks, model)
             loss = loss + cfg.patch_loss * F.binary_cross_entropy_with_logits(
                 token_logit[-len(made) :], target
             )
-            additive = [i for i, (*_, k) in enumerate(made) if k in ADDITIVE]
-            if cfg.blend_image > 0 and additive:  # these also teach the image's label
-                sel = torch.as_tensor(additive, device=device) + len(idx)
-                loss = loss + cfg.blend_image * F.binary_cross_entropy_with_logits(
-                    logit[sel], torch.ones(len(additive), device=device)
-                ) * len(additive) / max(int(keep.sum()), 1)  # weighed as images of the batch
         return loss
 
     def val_logits():
@@ -507,5 +501,4 @@ def train_encoder(
         "frozen_backbone": frozen,
         "embedded_on": embed_where,  # a frozen tower's embedding pass: "workers" or "driver"
         "selfblend": cfg.selfblend if blending else 0.0,
-        "blend_image": cfg.blend_image if blending else 0.0,
     }
