@@ -32,7 +32,11 @@ scored there as they are (--init PT --epochs 0) AUC 0.498; trained on with gener
 photographs (--init PT, a curriculum) the loss first rises to 0.94 (the textures' seam detector
 fires on the photographs' own edges) and then sits at ln 2, AUC 0.482 (at --lr 3e-4: first
 loss 1.45, then 0.695, AUC 0.497); half textures and half photographs in one training set
-(--base mixed) AUC 0.486.
+(--base mixed) AUC 0.486. Which variety keeps the generic class at chance on the photographs
+(--seam-shape)? Neither angle nor softness alone: sharp lines at any angle or curve (0.489), or
+anti-aliased horizontal and vertical ones (0.491), stay at chance; horizontal or vertical and not
+anti-aliased they are learned (axis-sharp 0.878; pixel, 1 px on the grid, 0.949; pixel-colours,
+any colour and sign, 0.901), at any amplitude of 3-24 levels and any length the region gives.
 
     python benchmarks/specialist.py                            # the seam on photographs, ~6 min
     python benchmarks/specialist.py --pool 336                 # a data set of 336 images
@@ -42,6 +46,7 @@ loss 1.45, then 0.695, AUC 0.497); half textures and half photographs in one tra
     python benchmarks/specialist.py --fakes seam-blends --init /tmp/tex0.pt   # curriculum
     python benchmarks/specialist.py --fakes seam-blends --init /tmp/tex0.pt --epochs 0  # zero-shot
     python benchmarks/specialist.py --fakes seam-blends --base mixed
+    python benchmarks/specialist.py --fakes seam-blends --seam-shape axis-sharp
 
 Last line: ``auc=A detected_at_5pct=D`` (mean over seeds).
 """
@@ -61,7 +66,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 
-from pipeline.selfblend import KINDS, _region, _traced
+import pipeline.selfblend as sb
+from pipeline.selfblend import KINDS, _region
 from pipeline.synthetic import PLANTERS, PhotoCrops, texture
 from pipeline.trust import auc_interval
 
@@ -73,8 +79,51 @@ def blended(rng, arr: np.ndarray, kinds: tuple[str, ...]) -> np.ndarray:
     weight = _region(rng, arr.shape[0], 8)[..., None]
     ys, xs = np.nonzero(weight[..., 0] >= 0.5)
     centre = (float(ys.mean()) + 0.5, float(xs.mean()) + 0.5)
-    traced = _traced(rng, arr, kinds[int(rng.integers(len(kinds)))], centre)
+    traced = sb._traced(rng, arr, kinds[int(rng.integers(len(kinds)))], centre)
     return (arr * (1 - weight) + traced * weight).astype(np.float32)
+
+
+def seam_of_shape(shape: str):
+    """pipeline.selfblend's seam drawer narrowed to ``shape``: "straight" (any angle, no arcs)
+    or "axis" (horizontal or vertical lines only); width, amplitude, colour and region as drawn."""
+
+    def seam(rng, size: int, centre: tuple[float, float]) -> np.ndarray:
+        yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
+        cy, cx = centre
+        if shape == "axis":
+            angle = float(rng.integers(2)) * np.pi / 2
+        else:
+            angle = float(rng.uniform(0, np.pi))
+        dist = np.abs((xx - cx) * np.sin(angle) - (yy - cy) * np.cos(angle))
+        width = float(rng.uniform(1.0, 2.0))
+        return np.clip(width / 2 + 0.5 - dist, 0.0, 1.0)
+
+    return seam
+
+
+def pixel_seam_traced(original, colours: bool = False):
+    """pipeline.selfblend's ``_traced`` with its seam replaced by the suite's kind of line: 1 px,
+    on the pixel grid, horizontal or vertical, grey and brighter (``colours``: grey or colour,
+    brighter or darker, drawn as self_blend draws them), at self_blend's amplitude draw (or
+    --blend-amplitude); the region it is blended into still sets its length."""
+
+    def traced(rng, img, kind, centre=None):
+        if kind != "seam":
+            return original(rng, img, kind, centre)
+        size = img.shape[0]
+        cy, cx = centre or (size / 2, size / 2)
+        line = np.zeros((size, size, 1), np.float32)
+        if rng.random() < 0.5:
+            line[min(int(cy), size - 1), :] = 1.0
+        else:
+            line[:, min(int(cx), size - 1)] = 1.0
+        colour = np.ones(1, np.float32)
+        if colours:
+            colour = rng.uniform(-1.0, 1.0, size=3) if rng.random() < 0.5 else colour
+            colour = colour / (np.abs(colour).max() + 1e-6) * rng.choice([-1.0, 1.0])
+        return img + sb._amplitude(rng, 3, 24) * line * colour.astype(np.float32)
+
+    return traced
 
 
 def draw(rng, base: str, family: str, n: int, size: int, photo, fakes: str = "family"):
@@ -208,6 +257,17 @@ def main(argv=None) -> None:
         metavar="PT",
         help="write the trained weights here ({seed} is replaced by the seed)",
     )
+    ap.add_argument(
+        "--seam-shape",
+        default="any",
+        choices=("any", "sharp", "straight", "axis", "axis-sharp", "pixel", "pixel-colours"),
+        help="with --fakes seam-blends: any angle or an arc (self_blend's), the same without "
+        "anti-aliasing (sharp: each pixel on the line or off it), straight lines at "
+        "any angle, horizontal and vertical lines only (axis-sharp: not anti-aliased, 1-2 px), or "
+        "those at 1 px on the pixel grid, "
+        "grey and brighter (the suite's kind of seam, any length; pixel-colours: grey or "
+        "colour, brighter or darker, as self_blend draws them)",
+    )
     ap.add_argument("--test", type=int, default=4000)
     ap.add_argument("--width", type=int, default=16)
     ap.add_argument("--batch", type=int, default=64)
@@ -217,9 +277,14 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.blend_amplitude is not None:  # fixed amplitude: is it faintness or shape variety?
-        import pipeline.selfblend as sb
-
         sb._amplitude = lambda rng, lo, hi: args.blend_amplitude
+    if args.seam_shape.startswith("pixel"):  # narrowest: the suite's kind of line, any length
+        sb._traced = pixel_seam_traced(sb._traced, colours=args.seam_shape == "pixel-colours")
+    elif args.seam_shape in ("sharp", "axis-sharp"):  # not anti-aliased
+        drawn = sb._seam if args.seam_shape == "sharp" else seam_of_shape("axis")
+        sb._seam = lambda rng, size, centre: (drawn(rng, size, centre) >= 0.5).astype(np.float32)
+    elif args.seam_shape != "any":  # narrower seam classes: is angle or curve the variety?
+        sb._seam = seam_of_shape(args.seam_shape)
     photo = PhotoCrops() if args.base != "texture" else None
     rows = []
     for seed in [int(s) for s in args.seeds.split(",")]:
@@ -228,6 +293,7 @@ def main(argv=None) -> None:
         data = f"a pool of {args.pool}" if args.pool else "fresh images"
         data += "" if args.fakes == "family" else f", trained on {args.fakes}"
         data += "" if args.blend_amplitude is None else f" at {args.blend_amplitude:g} levels"
+        data += "" if args.seam_shape == "any" else f", {args.seam_shape} seams"
         print(f"seed {seed} ({data}): {args.family} on {args.base}: AUC {r['auc']:.3f}, "
               f"detected at 5% reals flagged {r['detected']:.3f} ({r['seconds']:.0f} s)",
               flush=True)  # fmt: skip
