@@ -37,15 +37,11 @@ loss 1.45, then 0.695, AUC 0.497); half textures and half photographs in one tra
 anti-aliased horizontal and vertical ones (0.491), stay at chance; horizontal or vertical and not
 anti-aliased they are learned (axis-sharp 0.878; pixel, 1 px on the grid, 0.949; pixel-colours,
 any colour and sign, 0.901), at any amplitude of 3-24 levels and any length the region gives.
-Since then pipeline.selfblend draws half its seams on the pixel grid (1-2 px, horizontal or
-vertical, not anti-aliased) and half as before; the generic class measured above is now
---seam-shape soft, and --seam-shape any (the default) is the class self_blend draws today.
 
     python benchmarks/specialist.py                            # the seam on photographs, ~6 min
     python benchmarks/specialist.py --pool 336                 # a data set of 336 images
     python benchmarks/specialist.py --family line --base texture --seeds 0,1,2
     python benchmarks/specialist.py --fakes seam-blends        # trained on generic seams only
-    python benchmarks/specialist.py --fakes seam-blends --seam-shape soft   # the class until 12-02
     python benchmarks/specialist.py --fakes seam-blends --base texture --save /tmp/tex{seed}.pt
     python benchmarks/specialist.py --fakes seam-blends --init /tmp/tex0.pt   # curriculum
     python benchmarks/specialist.py --fakes seam-blends --init /tmp/tex0.pt --epochs 0  # zero-shot
@@ -78,9 +74,8 @@ from pipeline.trust import auc_interval
 
 def blended(rng, arr: np.ndarray, kinds: tuple[str, ...]) -> np.ndarray:
     """``arr`` (float grey levels) with one self-blended trace of a kind drawn from ``kinds``,
-    placed and drawn as pipeline.selfblend.self_blend draws them for training (a seam: 1-2 px,
-    half on the pixel grid, half soft at any angle or an arc, 3-24 grey levels, grey or colour,
-    across a region of 1-4 patches)."""
+    placed and drawn as pipeline.selfblend.self_blend draws them for training (a seam: any angle
+    or an arc, 1-2 px, 3-24 grey levels, grey or colour, across a region of 1-4 patches)."""
     weight = _region(rng, arr.shape[0], 8)[..., None]
     ys, xs = np.nonzero(weight[..., 0] >= 0.5)
     centre = (float(ys.mean()) + 0.5, float(xs.mean()) + 0.5)
@@ -89,10 +84,8 @@ def blended(rng, arr: np.ndarray, kinds: tuple[str, ...]) -> np.ndarray:
 
 
 def seam_of_shape(shape: str):
-    """pipeline.selfblend's seam drawer narrowed to ``shape``: "soft" (its soft half, and its
-    whole class before grid lines were added: any angle or an arc of radius 4-24 px, anti-aliased,
-    drawn in the same order from the generator), "straight" (any angle, no arcs) or "axis"
-    (horizontal or vertical lines only); width, amplitude, colour and region as drawn."""
+    """pipeline.selfblend's seam drawer narrowed to ``shape``: "straight" (any angle, no arcs)
+    or "axis" (horizontal or vertical lines only); width, amplitude, colour and region as drawn."""
 
     def seam(rng, size: int, centre: tuple[float, float]) -> np.ndarray:
         yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
@@ -101,11 +94,6 @@ def seam_of_shape(shape: str):
             angle = float(rng.integers(2)) * np.pi / 2
         else:
             angle = float(rng.uniform(0, np.pi))
-        if shape == "soft" and rng.random() >= 0.5:
-            r = float(rng.uniform(4, 24))
-            oy, ox = cy + r * np.sin(2 * angle), cx + r * np.cos(2 * angle)
-            dist = np.abs(np.hypot(yy - oy, xx - ox) - r)
-            return np.clip(float(rng.uniform(1.0, 2.0)) / 2 + 0.5 - dist, 0.0, 1.0)
         dist = np.abs((xx - cx) * np.sin(angle) - (yy - cy) * np.cos(angle))
         width = float(rng.uniform(1.0, 2.0))
         return np.clip(width / 2 + 0.5 - dist, 0.0, 1.0)
@@ -272,19 +260,8 @@ def main(argv=None) -> None:
     ap.add_argument(
         "--seam-shape",
         default="any",
-        choices=(
-            "any",
-            "soft",
-            "sharp",
-            "straight",
-            "axis",
-            "axis-sharp",
-            "pixel",
-            "pixel-colours",
-        ),
-        help="with --fakes seam-blends: self_blend's class (half on the pixel grid, half soft), "
-        "its soft half (soft: any angle or an arc, anti-aliased; the whole class until grid "
-        "lines were added), the soft half without "
+        choices=("any", "sharp", "straight", "axis", "axis-sharp", "pixel", "pixel-colours"),
+        help="with --fakes seam-blends: any angle or an arc (self_blend's), the same without "
         "anti-aliasing (sharp: each pixel on the line or off it), straight lines at "
         "any angle, horizontal and vertical lines only (axis-sharp: not anti-aliased, 1-2 px), or "
         "those at 1 px on the pixel grid, "
@@ -304,7 +281,7 @@ def main(argv=None) -> None:
     if args.seam_shape.startswith("pixel"):  # narrowest: the suite's kind of line, any length
         sb._traced = pixel_seam_traced(sb._traced, colours=args.seam_shape == "pixel-colours")
     elif args.seam_shape in ("sharp", "axis-sharp"):  # not anti-aliased
-        drawn = seam_of_shape("soft" if args.seam_shape == "sharp" else "axis")
+        drawn = sb._seam if args.seam_shape == "sharp" else seam_of_shape("axis")
         sb._seam = lambda rng, size, centre: (drawn(rng, size, centre) >= 0.5).astype(np.float32)
     elif args.seam_shape != "any":  # narrower seam classes: is angle or curve the variety?
         sb._seam = seam_of_shape(args.seam_shape)

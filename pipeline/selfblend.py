@@ -10,9 +10,8 @@ maps can point at it (issue 9).
 The traces are generic classes of processing, every parameter drawn at random: additive noise
 (white or band-limited, dense or sparse, grey or colour), an additive periodic wave (any period
 from 2 to 8 px, orientation, phase; sine or square), low-pass (blur), sharpening, resampling
-(down and up again), re-quantisation, and a thin seam (a 1-2 px line offset by a few grey levels,
-grey or colour: what a splice, a tile or a blending boundary leaves; half on the pixel grid,
-half soft at any angle or curved). Amplitudes go
+(down and up again), re-quantisation, and a thin seam (a 1-2 px straight or curved line offset by
+a few grey levels, grey or colour: what a splice or a blending boundary leaves). Amplitudes go
 down to 2 grey levels. They are drawn inside an ellipse or a rectangle of one to four ViT patches
 a side, with a hard or a feathered edge. Nothing here knows the evaluation suite's exact families
 (pipeline.synthetic), but some fall inside these classes (a periodic wave, sparse noise, and
@@ -58,25 +57,10 @@ def _amplitude(rng: np.random.Generator, lo: float, hi: float) -> float:
 
 
 def _seam(rng: np.random.Generator, size: int, centre: tuple[float, float]) -> np.ndarray:
-    """(size, size) coverage in [0, 1] of a 1-2 px line through ``centre``. Half are on the
-    pixel grid: horizontal or vertical, 1 or 2 whole pixels wide, not anti-aliased (a tile,
-    block or crop boundary; what a paste along rows or columns leaves). The other half are
-    straight at any angle, or an arc of radius 4-24 px, anti-aliased (coverage falls off over
-    one pixel). Neither alone is enough: on photographs a detector learns grid lines and not the
-    soft ones at any angle, which drown among the photograph's own edges (benchmarks/specialist.py
-    --seam-shape)."""
-    cy, cx = centre
-    if rng.random() < 0.5:
-        width = int(rng.integers(1, 3))
-        line = np.zeros((size, size), np.float32)
-        if rng.random() < 0.5:
-            top = min(int(cy), size - width)
-            line[top : top + width, :] = 1.0
-        else:
-            left = min(int(cx), size - width)
-            line[:, left : left + width] = 1.0
-        return line
+    """(size, size) coverage in [0, 1] of a 1-2 px line through ``centre``: straight at any
+    angle, or an arc of radius 4-24 px (anti-aliased: coverage falls off over one pixel)."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
+    cy, cx = centre
     angle = rng.uniform(0, np.pi)
     if rng.random() < 0.5:
         dist = np.abs((xx - cx) * np.sin(angle) - (yy - cy) * np.cos(angle))

@@ -96,7 +96,6 @@ def test_a_seam_is_a_thin_line_through_its_region(monkeypatch):
     from pipeline.selfblend import _seam
 
     rng = np.random.default_rng(4)
-    on_grid = 0
     for _ in range(40):
         centre = tuple(float(v) for v in rng.uniform(10, 54, size=2))
         line = _seam(rng, 64, centre)
@@ -104,10 +103,6 @@ def test_a_seam_is_a_thin_line_through_its_region(monkeypatch):
         assert line[int(centre[0]), int(centre[1])] > 0, "it passes through the centre"
         assert not ndimage.binary_erosion(line > 0, iterations=2).any(), "at most ~3 px wide"
         assert (line > 0).sum() >= 10
-        rows, cols = np.nonzero(line)
-        if np.isin(line, (0.0, 1.0)).all() and min(len(set(rows)), len(set(cols))) <= 2:
-            on_grid += 1  # sharp, horizontal or vertical, 1-2 whole pixels wide
-    assert 10 <= on_grid <= 30, "about half the seams lie on the pixel grid, the rest are soft"
     monkeypatch.setattr("pipeline.selfblend.KINDS", ("seam",))
     torch.manual_seed(0)
     model = create_encoder(EncoderConfig(model_name="asap-micro-vit-64"))
