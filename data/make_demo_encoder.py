@@ -10,7 +10,12 @@ It trains exactly as `asap run data/demo --out runs/demo-train --seed 0 --epochs
 validation split, calibration fitted on it), then stores the weights as float16 (half the size;
 the maps and scores of the stored model are what README's demo figures measure) with the training
 history and the command in the checkpoint's ``extra``. `make demo TRAIN=1` trains instead of using
-the file."""
+the file.
+
+The committed file was made by this script at commit e1a4ee8. The training code has changed
+since (the self-blends gained their seam class), so training now makes a different model;
+README's demo figures are the committed file's. To remake that exact file: `git worktree add
+/tmp/demo-enc e1a4ee8`, run the script there."""
 
 from __future__ import annotations
 
