@@ -444,23 +444,32 @@ def pattern_impact(paths: list[bytes], cells: list[list[tuple[int, int]]], model
     pixels = pixels.to(device)
     from .explain.adapter import grid
 
-    gh, gw = grid(model)
-    rng = np.random.default_rng(seed)
-    pat = torch.zeros(len(ok), gh, gw, dtype=torch.bool)
-    for i, j in enumerate(ok):
-        for y, x in cells[j]:
-            pat[i, y, x] = True
-    pat = torch.nn.functional.max_pool2d(pat[:, None].float(), 3, 1, 1)[:, 0] > 0  # + neighbours
-    rnd = torch.zeros_like(pat)
-    for i in range(len(ok)):
-        free = np.flatnonzero(~pat[i].numpy().ravel())
-        pick = rng.choice(free, size=min(int(pat[i].sum()), len(free)), replace=False)
-        rnd[i].view(-1)[torch.as_tensor(pick, dtype=torch.long)] = True
+    pat, rnd = impact_masks([cells[j] for j in ok], grid(model), np.random.default_rng(seed))
     ref = blurred(model, pixels)
     base = p_fake(model, pixels)
     drop = base - p_fake(model, masked(pixels, ref, pat.to(device)))
     rdrop = base - p_fake(model, masked(pixels, ref, rnd.to(device)))
     return {"drop": drop.cpu().numpy(), "random_drop": rdrop.cpu().numpy()}
+
+
+def impact_masks(cells: list[list[tuple[int, int]]], grid_hw: tuple[int, int],
+                 rng: np.random.Generator, neighbours: bool = True):  # fmt: skip
+    """Patch masks (n, gh, gw) bool for ``pattern_impact``: each image's pattern ``cells`` (with
+    their 8 neighbours unless ``neighbours`` is False), and the control: as many other patches
+    of the same image, drawn at random."""
+    gh, gw = grid_hw
+    pat = torch.zeros(len(cells), gh, gw, dtype=torch.bool)
+    for i, image_cells in enumerate(cells):
+        for y, x in image_cells:
+            pat[i, y, x] = True
+    if neighbours:
+        pat = torch.nn.functional.max_pool2d(pat[:, None].float(), 3, 1, 1)[:, 0] > 0
+    rnd = torch.zeros_like(pat)
+    for i in range(len(cells)):
+        free = np.flatnonzero(~pat[i].numpy().ravel())
+        pick = rng.choice(free, size=min(int(pat[i].sum()), len(free)), replace=False)
+        rnd[i].view(-1)[torch.as_tensor(pick, dtype=torch.long)] = True
+    return pat, rnd
 
 
 def significant(drop: np.ndarray, lo: float, random_hi: float) -> bool:

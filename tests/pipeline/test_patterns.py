@@ -317,3 +317,46 @@ def test_faithfulness_summary_splits_the_difference_by_confidence():
     assert (sure["images"], unsure["images"], s["vs_random"]["images"]) == (25, 35, 60)
     assert sure["hi"] < -0.35 and unsure["lo"] < 0 < unsure["hi"]
     assert sure["mean"] < s["vs_random"]["mean"] < unsure["mean"]
+
+
+def test_pattern_controls_benchmark_reproduces_the_stage(patterned_run, tmp_path):
+    """benchmarks/pattern_controls.py re-scores each pattern with its footprint and control
+    varied; its row for the stage's own choice (pattern + neighbours, scattered control) is the
+    stage's impact and control, the same images and draws."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    run, _ = patterned_run
+    repo = Path(__file__).resolve().parents[2]
+    out = tmp_path / "controls.csv"
+    done = subprocess.run(
+        [sys.executable, "benchmarks/pattern_controls.py", "--run", str(run), "--csv", str(out)],
+        cwd=repo, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1].startswith("strong_neighbours_scattered=")
+    table = pd.read_csv(out)
+    pats = pd.read_parquet(run / "patterns.parquet").set_index("pattern")
+    own = table[(table.footprint == "neighbours") & (table.control == "scattered")]
+    assert len(own) == len(pats) and len(table) == 4 * len(pats)
+    for r in own.itertuples():
+        assert r.impact == pytest.approx(pats.loc[r.pattern, "impact"], abs=1e-5)
+        assert r.control_mean == pytest.approx(pats.loc[r.pattern, "random_impact"], abs=1e-5)
+
+
+def test_shifted_control_masks_as_many_patches_elsewhere():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    from pattern_controls import shifted
+
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        fp = np.zeros((8, 8), bool)
+        y, x = rng.integers(0, 8, size=2)
+        fp[max(0, y - 1) : y + 2, max(0, x - 1) : x + 2] = True
+        fp |= rng.random((8, 8)) < rng.uniform(0, 0.3)
+        moved = shifted(fp, rng)
+        assert moved.sum() == min(fp.sum(), (~fp).sum()) and not (moved & fp).any()
