@@ -23,7 +23,6 @@ same images and random draws. Last line:
     strong_cells_shifted=N
 
     python benchmarks/pattern_controls.py --run runs/demo     # about 15 s on 2 cores
-    python benchmarks/pattern_controls.py --build 192          # a small generated run
 """
 
 from __future__ import annotations
@@ -31,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 try:  # must come before the package imports: see benchmarks/_isolate.py
@@ -96,48 +94,35 @@ def rescore(model, pixels, cells, seed: int) -> dict[tuple[str, str], tuple[np.n
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--run", default=str(REPO / "runs" / "demo"), help="a finished run")
-    ap.add_argument("--build", type=int, default=0,
-                    help="instead of --run, build a run of this many generated images")  # fmt: skip
     ap.add_argument("--csv", default="", help="also write the table here")
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        if args.build:
-            sys.path.insert(0, str(Path(__file__).parent))
-            from blur import build_run
-
-            src = build_run(Path(tmp) / "built", args.build)
-        else:
-            src = Path(args.run)
-        run = RunPaths(src)
-        if not run.patterns.exists():
-            sys.exit(f"{src} has no patterns: make a finished run first (make demo, asap run ...)")
-        pcfg = json.loads((src / "run.json").read_text())["config"]["patterns"]
-        model = cached_model(str(run.encoder), file_sha256(run.encoder), "cpu")
-        mem = read_table(run.pattern_members, PATTERN_MEMBER_COLUMNS)
-        paths = read_table(
-            run.images, {c: IMAGE_COLUMNS[c] for c in ("id", "path_bytes")}
-        ).set_index("id")["path_bytes"]
-        rng = np.random.default_rng(
-            pcfg["seed"]
-        )  # the stage's choice of images, pattern by pattern
-        rows = []
-        for pk, g in mem.groupby("pattern"):
-            ids = rng.permutation(g["id"].unique())[: pcfg["impact_images"]]
-            by_id = g[g["id"].isin(ids)].groupby("id")[["gy", "gx"]]
-            by_id = {i: list(map(tuple, c.to_numpy())) for i, c in by_id}
-            pixels, ok = P._pixels(model, paths.loc[ids].tolist())
-            if pixels is None:
-                continue
-            cells = [by_id[ids[j]] for j in ok]
-            for (foot, control), (d, r) in rescore(
-                model, pixels, cells, pcfg["seed"] + int(pk)
-            ).items():
-                lo, hi = P.bootstrap_ci(d)
-                c = float(np.mean(r))
-                rows.append(dict(pattern=int(pk), footprint=foot, control=control, images=len(d),
-                                 impact=float(np.mean(d)), lo=lo, hi=hi, control_mean=c,
-                                 strong=bool(c > 0 and lo > 5 * c),
-                                 strong_literal=bool(c <= 0 and lo > 0)))  # fmt: skip
+    src = Path(args.run)
+    run = RunPaths(src)
+    if not run.patterns.exists():
+        sys.exit(f"{src} has no patterns: make a finished run first (make demo, asap run ...)")
+    pcfg = json.loads((src / "run.json").read_text())["config"]["patterns"]
+    model = cached_model(str(run.encoder), file_sha256(run.encoder), "cpu")
+    mem = read_table(run.pattern_members, PATTERN_MEMBER_COLUMNS)
+    cols = {c: IMAGE_COLUMNS[c] for c in ("id", "path_bytes")}
+    paths = read_table(run.images, cols).set_index("id")["path_bytes"]
+    rng = np.random.default_rng(pcfg["seed"])  # the stage's choice of images, pattern by pattern
+    rows = []
+    for pk, g in mem.groupby("pattern"):
+        ids = rng.permutation(g["id"].unique())[: pcfg["impact_images"]]
+        by_id = g[g["id"].isin(ids)].groupby("id")[["gy", "gx"]]
+        by_id = {i: list(map(tuple, c.to_numpy())) for i, c in by_id}
+        pixels, ok = P._pixels(model, paths.loc[ids].tolist())
+        if pixels is None:
+            continue
+        cells = [by_id[ids[j]] for j in ok]
+        drops = rescore(model, pixels, cells, pcfg["seed"] + int(pk))
+        for (foot, control), (d, r) in drops.items():
+            lo, hi = P.bootstrap_ci(d)
+            c = float(np.mean(r))
+            rows.append(dict(pattern=int(pk), footprint=foot, control=control, images=len(d),
+                             impact=float(np.mean(d)), lo=lo, hi=hi, control_mean=c,
+                             strong=bool(c > 0 and lo > 5 * c),
+                             strong_literal=bool(c <= 0 and lo > 0)))  # fmt: skip
     table = pd.DataFrame(rows)
     if args.csv:
         table.to_csv(args.csv, index=False)
