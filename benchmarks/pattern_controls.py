@@ -22,7 +22,7 @@ same images and random draws. Last line:
     strong_neighbours_scattered=N strong_neighbours_shifted=N strong_cells_scattered=N
     strong_cells_shifted=N
 
-    python benchmarks/pattern_controls.py --run runs/demo     # about 15 s on 2 cores
+    python benchmarks/pattern_controls.py --run runs/demo     # about 20 s on 2 cores
 """
 
 from __future__ import annotations

@@ -428,6 +428,13 @@ def density(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
                      where=total > 0)  # fmt: skip
 
 
+def local_evidence(r) -> bool:
+    """A pattern's own patches (without neighbours) carry at least half its impact, and their
+    interval lies above 0 and above as many random patches' (pipeline.patterns.pattern_impact)."""
+    lo = float(r.local_lo)
+    return lo > 0 and lo > float(r.local_random_hi) and r.local_impact >= 0.5 * r.impact
+
+
 def pattern_header(patterns: pd.DataFrame, k: int) -> str:
     """A pattern's title, its measured impact against random patches, and whether to trust it."""
     head = f"**Pattern {k}**: central (first 5) and extreme (last 5) patches"
@@ -440,6 +447,17 @@ def pattern_header(patterns: pd.DataFrame, k: int) -> str:
         f"vs random patches {_num(r.random_impact)} ({_num(r.random_lo)}…{_num(r.random_hi)})"
     )
     lines = [head, impact]
+    local = float(r.get("local_lo", np.nan))
+    if np.isfinite(local):  # runs made before the own-patches measure lack it
+        lines.append(
+            f"its own patches only: {_num(r.local_impact)} (95% CI {_num(r.local_lo)}…"
+            f"{_num(r.local_hi)}) vs random {_num(r.local_random_impact)} — "
+            + ("**local evidence**: most of its impact is in these patches"
+               if local_evidence(r)
+               else "**spread evidence**: masking these patches alone removes less than half "
+               "its impact, or no more than random ones; the trace is over the image, so any "
+               "large mask removes some of it")
+        )  # fmt: skip
     if not bool(r.significant):
         lines.append("⚠ **impact not significant**: its interval includes 0 or does not beat "
                      "random patches (or too few images were re-scored)")  # fmt: skip

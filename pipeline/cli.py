@@ -408,7 +408,8 @@ def _pattern_info(run) -> dict:
     pats = read_table(run.paths.patterns, PATTERN_COLUMNS).sort_values("impact", ascending=False)
     faith = read_table(run.paths.faithfulness, FAITHFULNESS_COLUMNS)
     cols = ["pattern", "n_images", "fake_share", "impact", "impact_lo", "impact_hi",
-            "random_impact", "significant", "stability"]  # fmt: skip
+            "random_impact", "local_impact", "local_lo", "local_random_impact", "significant",
+            "stability"]  # fmt: skip
 
     def rounded(v):
         if isinstance(v, dict):

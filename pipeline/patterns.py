@@ -435,21 +435,29 @@ def pattern_impact(paths: list[bytes], cells: list[list[tuple[int, int]]], model
     The masked footprint is the pattern's patches and their 8 neighbours: a generator trace is
     not aligned with the ViT's patch grid, and the part of it that spills into a neighbouring
     patch would otherwise keep the detector firing. The control masks the same number of
-    patches outside the footprint, at random."""
+    patches outside the footprint, at random. ``local_*``: the same with the pattern's own
+    patches only (and as many random ones): whether the evidence is in them, or spread over
+    the image so that any large mask removes some of it (benchmarks/pattern_controls.py)."""
     device = pick_device(device)
     model = cached_model(model_path, sha, device)
     pixels, ok = _pixels(model, paths)
     if pixels is None:
-        return {"drop": np.zeros(0), "random_drop": np.zeros(0)}
+        return {k: np.zeros(0) for k in ("drop", "random_drop", "local_drop", "local_random_drop")}
     pixels = pixels.to(device)
     from .explain.adapter import grid
 
-    pat, rnd = impact_masks([cells[j] for j in ok], grid(model), np.random.default_rng(seed))
+    own = [cells[j] for j in ok]
+    pat, rnd = impact_masks(own, grid(model), np.random.default_rng(seed))
+    # own patches only: a generator of its own, so the footprint's draws stay as they were
+    lpat, lrnd = impact_masks(own, grid(model), np.random.default_rng([seed, 1]), False)
     ref = blurred(model, pixels)
     base = p_fake(model, pixels)
-    drop = base - p_fake(model, masked(pixels, ref, pat.to(device)))
-    rdrop = base - p_fake(model, masked(pixels, ref, rnd.to(device)))
-    return {"drop": drop.cpu().numpy(), "random_drop": rdrop.cpu().numpy()}
+
+    def drop(mask: torch.Tensor) -> np.ndarray:
+        return (base - p_fake(model, masked(pixels, ref, mask.to(device)))).cpu().numpy()
+
+    return {"drop": drop(pat), "random_drop": drop(rnd), "local_drop": drop(lpat),
+            "local_random_drop": drop(lrnd)}  # fmt: skip
 
 
 def impact_masks(cells: list[list[tuple[int, int]]], grid_hw: tuple[int, int],
@@ -490,11 +498,17 @@ def summarize(mem: pd.DataFrame, dims: np.ndarray, images: pd.DataFrame, impacts
         drop, rdrop = impacts[k]["drop"], impacts[k]["random_drop"]
         lo, hi = bootstrap_ci(drop)
         rlo, rhi = bootstrap_ci(rdrop)
+        ldrop, lrdrop = impacts[k].get("local_drop", []), impacts[k].get("local_random_drop", [])
+        (llo, lhi), (_, lrhi) = bootstrap_ci(ldrop), bootstrap_ci(lrdrop)
         rows.append(dict(pattern=k, n_patches=len(g), n_images=len(ids), n_fake_images=n_fake,
                          fake_share=n_fake / len(ids), impact=float(np.mean(drop)) if len(drop)
                          else np.nan, impact_lo=lo, impact_hi=hi,
                          random_impact=float(np.mean(rdrop)) if len(rdrop) else np.nan,
-                         random_lo=rlo, random_hi=rhi, top_dims=",".join(top),
+                         random_lo=rlo, random_hi=rhi,
+                         local_impact=float(np.mean(ldrop)) if len(ldrop) else np.nan,
+                         local_lo=llo, local_hi=lhi,
+                         local_random_impact=float(np.mean(lrdrop)) if len(lrdrop) else np.nan,
+                         local_random_hi=lrhi, top_dims=",".join(top),
                          mean_gy=g["gy"].mean(), mean_gx=g["gx"].mean(),
                          stability=np.nan if stability is None else float(stability[k]),
                          significant=significant(drop, lo, rhi)))  # fmt: skip

@@ -104,6 +104,14 @@ PATTERN_COLUMNS = {
     "random_impact": "float32",  # same images, the same number of random patches masked
     "random_lo": "float32",
     "random_hi": "float32",
+    # the same with the pattern's own patches only, without their neighbours (and as many random
+    # patches): above its control, the evidence is in the pattern's patches; near 0 while the
+    # impact above is large, it is spread over the image (a whole-image generator's trace)
+    "local_impact": "float32",
+    "local_lo": "float32",
+    "local_hi": "float32",
+    "local_random_impact": "float32",
+    "local_random_hi": "float32",
     "top_dims": "string",  # distilled dimensions most associated, e.g. "d03,d11,d07"
     "mean_gy": "float32",  # mean patch position, in grid cells
     "mean_gx": "float32",
@@ -115,7 +123,13 @@ PATTERN_COLUMNS = {
 }
 STABLE_PATTERN = 0.75  # Hennig (2007): clusters below this stability are not reliably found
 # columns a reader fills with this value when a run written before them lacks them
-OPTIONAL_COLUMNS = {"stability": float("nan")}
+OPTIONAL_COLUMNS = {
+    "stability": float("nan"),
+    **{
+        c: float("nan")
+        for c in ("local_impact", "local_lo", "local_hi", "local_random_impact", "local_random_hi")
+    },  # fmt: skip
+}
 PATTERN_MEMBER_COLUMNS = {
     "pattern": "int32",
     "id": "int64",  # image id

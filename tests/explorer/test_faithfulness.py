@@ -203,6 +203,11 @@ def write_patterns(run_dir) -> pd.DataFrame:
             "random_impact": 0.01,
             "random_lo": -0.01,
             "random_hi": 0.03,
+            "local_impact": [0.25, 0.01, 0.02],  # pattern 0 local, 2 spread
+            "local_lo": [0.18, -0.02, 0.00],
+            "local_hi": [0.31, 0.04, 0.05],
+            "local_random_impact": 0.01,
+            "local_random_hi": 0.03,
             "top_dims": "d01,d02",
             "mean_gy": 1.0,
             "mean_gx": 1.0,
@@ -243,10 +248,12 @@ def test_non_significant_patterns_are_marked(small_run, tmp_path, make_app):
     head = app.patterns.detail()[0].object
     assert "**Pattern 0**" in head and "not significant" not in head
     assert "unstable" not in head
+    assert "its own patches only: 0.25 (95% CI 0.18…0.31)" in head and "**local evidence**" in head
     assert np.allclose(table["stability"], [0.92, 0.81, 0.41])
     app.store.pattern = 2
     head = app.patterns.detail()[0].object
     assert "not significant" not in head and "**unstable grouping** (stability 0.41 < 0.75)" in head
+    assert "**spread evidence**" in head and "local evidence" not in head
 
 
 def test_patterns_of_a_run_made_before_stability_still_open(small_run, tmp_path, make_app):
@@ -255,12 +262,14 @@ def test_patterns_of_a_run_made_before_stability_still_open(small_run, tmp_path,
     write_patterns(run_dir)
     write_faithfulness(run_dir)
     path = run_dir / "patterns.parquet"
-    pd.read_parquet(path).drop(columns="stability").to_parquet(path)
+    local = ["local_impact", "local_lo", "local_hi", "local_random_impact", "local_random_hi"]
+    pd.read_parquet(path).drop(columns=["stability", *local]).to_parquet(path)
     app = make_app(run_dir)
     assert app.patterns.table().value["stability"].isna().all()
     app.store.pattern = 2
     head = app.patterns.detail()[0].object
     assert "**Pattern 2**" in head and "unstable" not in head  # unknown, so no verdict
+    assert "own patches" not in head and "evidence" not in head
     from pipeline.cli import _info
 
     assert all(p["stability"] is None for p in _info(str(run_dir))["patterns"])

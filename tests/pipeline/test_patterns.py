@@ -343,6 +343,11 @@ def test_pattern_controls_benchmark_reproduces_the_stage(patterned_run, tmp_path
     for r in own.itertuples():
         assert r.impact == pytest.approx(pats.loc[r.pattern, "impact"], abs=1e-5)
         assert r.control_mean == pytest.approx(pats.loc[r.pattern, "random_impact"], abs=1e-5)
+    # the stage's own-patches impact (local_impact) is the benchmark's "cells" footprint
+    cells = table[(table.footprint == "cells") & (table.control == "scattered")]
+    for r in cells.itertuples():
+        assert r.impact == pytest.approx(pats.loc[r.pattern, "local_impact"], abs=1e-5)
+    assert pats["local_lo"].notna().all() and pats["local_random_hi"].notna().all()
 
 
 def test_shifted_control_masks_as_many_patches_elsewhere():
