@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -106,3 +107,36 @@ def test_visibility_benchmark_runs():
     assert re.fullmatch(r"photo_best_auc=checker:\d\.\d{3},hue:\d\.\d{3}", lines[-1]), lines[-1]
     row = next(ln for ln in lines if ln.startswith("| checker | texture |"))
     assert float(row.split("|")[3]) > 0.9, row
+
+
+def test_new_user_benchmark_runs(tmp_path):
+    """The new-user check writes a planted set with its truth beside it, runs `asap run` in a fresh
+    process and scores the run against the truth; re-scored with every trace mask covering the
+    whole image, every detected fake's map points at its trace."""
+    images, out = tmp_path / "images", tmp_path / "run"
+    args = ["benchmarks/new_user.py", "--n-real", "16", "--n-fake", "8", "--images", str(images),
+            "--out", str(out), "--", "--model", "asap-micro-vit-64", "--epochs", "1",
+            "--partition-size", "64", "--layout", "pca"]  # fmt: skip
+    line = _last_line(args)
+    num = r"(\d+\.\d+|nan)"
+    want = (rf"detected_min={num} pointing_min={num} deletion={num} random={num} "
+            rf"attention={num} strong=\d+ strong_literal=\d+")  # fmt: skip
+    assert re.fullmatch(want, line), line
+    assert len(list(images.rglob("*.png"))) == 2 * 16 + 2 * 2 * 8
+    masks_file = tmp_path / "images-masks.npy"
+    masks = np.load(masks_file)
+    assert (
+        masks.shape == (64, 64, 64) and masks[:32].sum() == 0 and masks[32:].any(axis=(1, 2)).all()
+    )
+    np.save(masks_file, np.ones_like(masks))
+    out2 = subprocess.run([sys.executable, "benchmarks/new_user.py", "--score-only", "--images",
+                           str(images), "--out", str(out)],
+                          capture_output=True, text=True, cwd=REPO, timeout=300)  # fmt: skip
+    assert out2.returncode == 0, out2.stderr[-2000:]
+    before = dict(kv.split("=") for kv in line.split())
+    after = dict(kv.split("=") for kv in out2.stdout.strip().splitlines()[-1].split())
+    assert after["detected_min"] == before["detected_min"]
+    zero = re.search(r"fake map is all zero: (\S+)", out2.stdout).group(1)
+    if float(before["detected_min"]) > 0 and zero == "0.000":
+        # some fake of every family detected, none with an empty map: each map's peak is on "it"
+        assert after["pointing_min"] == "1.000", out2.stdout
