@@ -19,7 +19,9 @@ repeats it end to end, as a user would:
    attention); and per pattern its impact interval, its random control, which families its fake
    members carry and how many of their patches lie on the trace. A pattern is ``strong`` when its
    interval lies wholly above 5x a positive control, ``strong_literal`` when the control is <= 0 and
-   the interval above 0 (as ``benchmarks/pattern_controls.py`` counts them).
+   the interval above 0 (as ``benchmarks/pattern_controls.py`` counts them). With ``--methods`` the
+   detected held-out fakes' maps are re-drawn by the run's encoder with those methods, pointing
+   per base and confidence band: are the misses the maps' fault, or does occlusion miss too?
 
 Last line:
 
@@ -29,7 +31,8 @@ Last line:
 and plain attention). About 11 min on 2 cores for the default 800 images:
 
     python benchmarks/new_user.py --seed 11 --images /tmp/nu11 --out /tmp/nu11-run
-    python benchmarks/new_user.py --score-only --images /tmp/nu11 --out /tmp/nu11-run
+    python benchmarks/new_user.py --score-only --images /tmp/nu11 --out /tmp/nu11-run \
+        --methods chefer_all,legrad,attention,occlusion
 """
 
 from __future__ import annotations
@@ -47,6 +50,10 @@ except ModuleNotFoundError:
 import numpy as np
 import pandas as pd
 
+from pipeline.encoder import load_encoder
+from pipeline.explain import METHODS
+from pipeline.imageio import load_for_model, normalize
+from pipeline.metrics import SURE_P_FAKE
 from pipeline.schema import MAP_NAMES, RunPaths
 from pipeline.synthetic import SUITE_BASES, make_suite, peak_on_artifact
 
@@ -68,7 +75,26 @@ def write_set(images: Path, families, bases, n_real: int, n_fake: int, seed: int
     np.save(mp, np.stack([masks[p] for p in truth.path]))
 
 
-def score(images: Path, out: Path) -> dict:
+def redraw(out: Path, detected: pd.DataFrame, masks: np.ndarray, methods: list[str]) -> None:
+    """Are the misses the maps' fault? The detected held-out fakes' ``fake`` maps re-drawn by the
+    run's encoder with other methods (occlusion is the causal reference), pointing per base, split
+    by the detector's confidence."""
+    model = load_encoder(RunPaths(out).encoder).eval().requires_grad_(False)
+    print(f"\n| base | method | pointing | sure (p(fake) >= {SURE_P_FAKE}) | unsure |")
+    print("| --- | --- | --- | --- | --- |")
+    for base, g in detected.groupby("base"):
+        arr = np.stack([load_for_model(p, model.image_size) for p in g.path])
+        px = normalize(arr, model.preprocess["mean"], model.preprocess["std"])
+        sure = g.p_fake.to_numpy() >= SURE_P_FAKE
+        for name in methods:
+            maps = METHODS[name].fn(model, px, 2).maps[:, 0].float().numpy()
+            hit = peak_on_artifact(maps, masks[g.mask_row.to_numpy()])
+            cells = [f"{h.mean():.2f} ({len(h)})" if len(h) else "–"
+                     for h in (hit[sure], hit[~sure])]  # fmt: skip
+            print(f"| {base} | {name} | {hit.mean():.2f} ({len(hit)}) | {' | '.join(cells)} |")
+
+
+def score(images: Path, out: Path, methods: list[str] = ()) -> dict:
     tp, mp = truth_paths(images)
     truth = pd.read_parquet(tp)
     masks = np.load(mp)
@@ -76,7 +102,7 @@ def score(images: Path, out: Path) -> dict:
     paths = RunPaths(out)
     meta = json.loads(paths.run_json.read_text())
     im = pd.read_parquet(paths.images, columns=["id", "path", "label", "split"])
-    feats = pd.read_parquet(paths.features, columns=["id", "pred", "part", "row"])
+    feats = pd.read_parquet(paths.features, columns=["id", "pred", "p_fake", "part", "row"])
     df = im.merge(feats, on="id").merge(
         truth[["path", "family", "base", "mask_row"]], on="path", how="inner"
     )
@@ -116,6 +142,8 @@ def score(images: Path, out: Path) -> dict:
         else float("nan")
     )
     print(f"\ndetected held-out fakes whose fake map is all zero: {zero:.3f}")
+    if methods and len(detected):
+        redraw(out, detected, masks, methods)
 
     method = meta["config"].get("maps", "chefer_all")
     faith = meta["stages"].get("patterns", {}).get("faithfulness") or {}
@@ -176,6 +204,9 @@ def main() -> None:
     ap.add_argument("--images", required=True, help="a new folder for the images")
     ap.add_argument("--out", required=True, help="the run directory")
     ap.add_argument("--score-only", action="store_true", help="score a finished run of --images")
+    ap.add_argument("--methods", default="",
+                    help="also re-draw the detected held-out fakes' maps with these methods "
+                    "(comma-separated, e.g. chefer_all,legrad,attention,occlusion)")  # fmt: skip
     ap.add_argument("rest", nargs=argparse.REMAINDER, help="-- then extra `asap run` arguments")
     a = ap.parse_args()
     images, out = Path(a.images).resolve(), Path(a.out).resolve()
@@ -187,7 +218,11 @@ def main() -> None:
         proc = subprocess.run(cmd, cwd=REPO)
         if proc.returncode:
             sys.exit(f"asap run failed (exit {proc.returncode})")
-    score(images, out)
+    methods = [m for m in a.methods.split(",") if m]
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        sys.exit(f"unknown --methods {unknown}; choose from {sorted(METHODS)}")
+    score(images, out, methods)
 
 
 if __name__ == "__main__":

@@ -112,7 +112,7 @@ def test_visibility_benchmark_runs():
 def test_new_user_benchmark_runs(tmp_path):
     """The new-user check writes a planted set with its truth beside it, runs `asap run` in a fresh
     process and scores the run against the truth; re-scored with every trace mask covering the
-    whole image, every detected fake's map points at its trace."""
+    whole image, every detected fake's map points at its trace; --methods re-draws their maps."""
     images, out = tmp_path / "images", tmp_path / "run"
     args = ["benchmarks/new_user.py", "--n-real", "16", "--n-fake", "8", "--images", str(images),
             "--out", str(out), "--", "--model", "asap-micro-vit-64", "--epochs", "1",
@@ -130,12 +130,16 @@ def test_new_user_benchmark_runs(tmp_path):
     )
     np.save(masks_file, np.ones_like(masks))
     out2 = subprocess.run([sys.executable, "benchmarks/new_user.py", "--score-only", "--images",
-                           str(images), "--out", str(out)],
+                           str(images), "--out", str(out), "--methods", "attention,occlusion"],
                           capture_output=True, text=True, cwd=REPO, timeout=300)  # fmt: skip
     assert out2.returncode == 0, out2.stderr[-2000:]
     before = dict(kv.split("=") for kv in line.split())
     after = dict(kv.split("=") for kv in out2.stdout.strip().splitlines()[-1].split())
     assert after["detected_min"] == before["detected_min"]
+    if float(before["detected_min"]) > 0:  # the detected fakes' maps re-drawn by each method
+        for name in ("attention", "occlusion"):
+            assert re.search(rf"^\| (photo|texture) \| {name} \| \d\.\d\d \(\d+\) \|", out2.stdout,
+                             re.M), out2.stdout  # fmt: skip
     zero = re.search(r"fake map is all zero: (\S+)", out2.stdout).group(1)
     if float(before["detected_min"]) > 0 and zero == "0.000":
         # some fake of every family detected, none with an empty map: each map's peak is on "it"
