@@ -150,7 +150,8 @@ def suite_seed(args, seed: int, methods: list[str]) -> dict:
                 val = images[(images["split"] == "val") & (images["duplicate_of"] < 0)]
                 with torch.no_grad():
                     z = model(_pixels(model, val["path_bytes"].tolist()))[2].numpy()
-                t, shift = fit_calibration(z, val["label"].to_numpy())
+                train = images[(images["split"] == "train") & (images["duplicate_of"] < 0)]
+                t, shift = fit_calibration(z, val["label"].to_numpy(), train["label"].mean())
                 model.temperature.fill_(t)
                 model.logit_shift.fill_(shift)
                 info = {**info, "temperature": t, "logit_shift": shift}

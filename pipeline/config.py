@@ -106,7 +106,9 @@ class TrainConfig:
     selfblend: float = 0.5
     # Platt scaling: fit a shift of the logit beside its temperature on the val split, so that
     # p(fake) = 0.5 is where val says fake and real are equally likely (pipeline.train.
-    # fit_calibration); off: the temperature alone, the operating point where training left it
+    # fit_calibration; val weighted to the train split's share of fakes, so a small val's chance
+    # share does not move the operating point); off: the temperature alone, the operating point
+    # where training left it
     calibrate_shift: bool = True
     # give up when this many training images have passed (repeats counted) and no validation
     # round has told the val fakes from the val reals (the 95% interval of the val ROC-AUC above

@@ -78,6 +78,27 @@ def test_platt_fit_on_a_separated_split_and_degenerate_inputs():
     assert fit_calibration(np.ones(5), np.ones(5)) == (1.0, 0.0)
 
 
+def test_platt_fit_weights_an_unbalanced_val_split_to_the_given_prior():
+    """Equal numbers of fakes and reals whose log odds are 3 z + b_true; a val split that kept
+    only a quarter of the reals by chance: unweighted, the shift absorbs the split's share (log 4
+    higher: four fakes to a real); weighted to the data's prior of 0.5, it finds b_true again."""
+    rng = np.random.default_rng(3)
+    n, b_true = 40000, 0.7
+    y = np.repeat([1.0, 0.0], n // 2)
+    z = rng.normal(np.where(y == 1, 1.5, -1.5), 1.0) - b_true / 3  # log odds 3 z + b_true
+    keep = (y == 1) | (rng.random(n) < 0.25)
+    t_all, b_all = fit_calibration(z, y)
+    t_w, b_w = fit_calibration(z[keep], y[keep], prior=0.5)
+    t_u, b_u = fit_calibration(z[keep], y[keep])
+    assert abs(b_w - b_all) < 0.1 and math.isclose(t_w, t_all, rel_tol=0.05), (b_w, b_all)
+    assert abs(b_u - b_all - math.log(4)) < 0.15, (b_u, b_all)
+    assert fit_calibration(z[keep], y[keep], prior=float(y[keep].mean())) == pytest.approx(
+        (t_u, b_u), rel=1e-4, abs=1e-4
+    )  # the split's own share is the unweighted fit
+    with pytest.raises(ValueError, match="prior"):
+        fit_calibration(z, y, prior=1.0)
+
+
 def test_temperature_fit_degenerate_inputs():
     assert fit_temperature(np.zeros(0), np.zeros(0)) == 1.0
     assert fit_temperature(np.ones(5), np.ones(5)) == 1.0  # one class only: nothing to fit
@@ -129,7 +150,8 @@ def test_training_stops_early_and_keeps_the_best_epoch(tmp_path):
     loss = float(torch.nn.functional.binary_cross_entropy_with_logits(logit, y))
     assert math.isclose(loss, hist[best], rel_tol=1e-4), (loss, hist)
     # the calibration is the Platt fit of these val logits, stored in the model
-    t, b = fit_calibration(logit.numpy(), val["label"].to_numpy())
+    train = images[(images["split"] == "train") & (images["duplicate_of"] < 0)]
+    t, b = fit_calibration(logit.numpy(), val["label"].to_numpy(), train["label"].mean())
     assert info["temperature"] == pytest.approx(t, rel=1e-4) == float(model.temperature)
     assert info["logit_shift"] == pytest.approx(b, abs=1e-4) == float(model.logit_shift)
 
