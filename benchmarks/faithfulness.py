@@ -160,7 +160,7 @@ def suite_seed(args, seed: int, methods: list[str]) -> dict:
                 EncoderConfig(model_name=args.model, stem=args.stem, tiles=args.tiles)
             )
             tcfg = TrainConfig(epochs=args.epochs, patience=args.patience, seed=seed,
-                               selfblend=args.selfblend)  # fmt: skip
+                               selfblend=args.selfblend, ema_images=args.ema_images)  # fmt: skip
             info = train_encoder(model, images, tcfg)
             if args.keep:  # re-score later with --encoder DIR/seed-S.pt (same suite per seed)
                 Path(args.keep).mkdir(parents=True, exist_ok=True)
@@ -312,6 +312,12 @@ def main() -> None:
                     help="validation rounds without improvement before training stops")  # fmt: skip
     ap.add_argument("--selfblend", type=float, default=TrainConfig.selfblend,
                     help="share of real images added as self-blended copies")  # fmt: skip
+    ap.add_argument(
+        "--ema-images",
+        type=int,
+        default=TrainConfig.ema_images,
+        help="train with a moving average of the weights (asap run --ema-images)",
+    )
     ap.add_argument("--stem", default=None, choices=STEMS, help="the detector's stem (default: "
                     "the default for a tower trained from scratch)")  # fmt: skip
     ap.add_argument(

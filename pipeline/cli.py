@@ -145,6 +145,10 @@ def _add_run(sub) -> None:
                    "of the logit (Platt scaling), or the temperature alone, which leaves the "
                    "operating point p = 0.5 where training put it (default: "
                    "%(default)s)")  # fmt: skip
+    t.add_argument("--ema-images", type=int, default=TrainConfig.ema_images, metavar="N",
+                   help="validate and keep an exponential moving average of the weights whose "
+                   "half-life is N training images; 0: the raw weights (default: "
+                   "%(default)s)")  # fmt: skip
     t.add_argument("--train-batch-size", type=int, default=TrainConfig.batch_size)
     r = p.add_argument_group("pipeline")
     r.add_argument("--partition-size", type=int, default=512, help="images per Dask task/file")
@@ -312,6 +316,7 @@ def build_config(a: argparse.Namespace) -> RunConfig:
             lr=a.lr,
             patch_loss=a.patch_loss,
             selfblend=a.selfblend,
+            ema_images=a.ema_images,
             calibrate_shift=a.calibration == "platt",
             batch_size=a.train_batch_size,
             train_limit=a.train_limit,

@@ -118,6 +118,11 @@ class TrainConfig:
     # demo and the planted suite the interval clears 0.5 within a few thousand (README). Counted
     # in images, not rounds, so that a small set gets as many updates as a large one. 0: off.
     chance_images: int = 25_000
+    # exponential moving average of the weights, its half-life in training images (0: off).
+    # Validation, early stopping and the kept weights use the average, which smooths the
+    # noise of small batches on small sets; the first steps average over fewer (bias-free
+    # warm-up), so a short run is not pulled back to the initial weights.
+    ema_images: int = 0
 
     def __post_init__(self):
         if self.epochs < 1 or self.patience < 1 or self.batch_size < 1 or self.val_every < 1:
@@ -126,6 +131,8 @@ class TrainConfig:
                 f"{self.epochs}, patience={self.patience}, batch size={self.batch_size}, "
                 f"val_every={self.val_every})"
             )
+        if self.ema_images < 0:
+            raise ValueError(f"--ema-images must be >= 0 (0: off), got {self.ema_images}")
         if self.chance_images < 0:
             raise ValueError(f"--chance-images must be >= 0 (0: off), got {self.chance_images}")
         if self.train_limit is not None and self.train_limit < 2:

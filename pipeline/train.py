@@ -349,6 +349,25 @@ def train_encoder(
         opt, factor=0.5, patience=max(1, cfg.patience // 2 - 1), threshold=1e-3
     )
     stopper = EarlyStopping(cfg.patience)
+    # the weights' moving average (cfg.ema_images), float tensors only; None when off
+    ema = (
+        None
+        if cfg.ema_images <= 0
+        else {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+    )
+    ema_steps = 0
+
+    def ema_update(n_images):
+        """Fold this step's weights into the average: decay per step from the half-life in
+        images, capped by (1 + k) / (10 + k) over the first k steps so that early steps are
+        not averaged with the initial weights."""
+        nonlocal ema_steps
+        ema_steps += 1
+        decay = min(0.5 ** (n_images / cfg.ema_images), (1 + ema_steps) / (10 + ema_steps))
+        with torch.no_grad():
+            state = model.state_dict()
+            for k, v in ema.items():
+                v.lerp_(state[k], 1.0 - decay)
 
     def forward_logits(idx, src, emb_cache, train_mode):
         """Logits (B,), decode mask, and the patch-level logit (B,) when that loss is on."""
@@ -461,6 +480,12 @@ def train_encoder(
             opt.step()
             sched.step()
             losses.append(loss.item())
+            if ema is not None:
+                ema_update(len(idx))
+        raw = None
+        if ema is not None:  # validate (and keep) the average; the raw weights train on
+            raw = {k: v.detach().clone() for k, v in model.state_dict().items() if k in ema}
+            model.load_state_dict(ema, strict=False)
         z, ok_v = val_logits()
         v_loss = (
             float(F.binary_cross_entropy_with_logits(
@@ -481,6 +506,8 @@ def train_encoder(
         improved, stop = stopper.step(len(history) - 1, v_loss)
         if improved:
             best_state = copy.deepcopy(model.state_dict())
+        if raw is not None:
+            model.load_state_dict(raw, strict=False)
         if stop:
             stop_reason = "patience"
             log.info("early stop: no improvement for %d validation rounds", cfg.patience)

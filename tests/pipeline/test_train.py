@@ -106,7 +106,7 @@ def test_temperature_fit_degenerate_inputs():
 
 def test_train_config_validates(capsys):
     for bad in ({"epochs": 0}, {"patience": 0}, {"batch_size": 0}, {"lr": 0.0},
-                {"chance_images": -1}):  # fmt: skip
+                {"chance_images": -1}, {"ema_images": -1}):  # fmt: skip
         with pytest.raises(ValueError, match=">= 1|> 0|>= 0"):
             TrainConfig(**bad)
     from pipeline.cli import main  # a clear one-line error, exit code 2, before anything runs
@@ -116,7 +116,8 @@ def test_train_config_validates(capsys):
 
 
 @pytest.mark.slow
-def test_training_stops_early_and_keeps_the_best_epoch(tmp_path):
+@pytest.mark.parametrize("ema_images", [0, 64])
+def test_training_stops_early_and_keeps_the_best_epoch(tmp_path, ema_images):
     import torch
 
     from pipeline import ingest
@@ -131,7 +132,8 @@ def test_training_stops_early_and_keeps_the_best_epoch(tmp_path):
     images = ingest.finalize(ingest.inspect_candidates(ingest.discover(tmp_path), 10**8, 8)[0])
     torch.manual_seed(0)
     model = create_encoder(EncoderConfig(model_name=TINY))
-    info = train_encoder(model, images, TrainConfig(epochs=12, patience=2, lr=5e-3))
+    cfg = TrainConfig(epochs=12, patience=2, lr=5e-3, ema_images=ema_images)
+    info = train_encoder(model, images, cfg)
     hist = [h["val_loss"] for h in info["history"]]
     best = info["best_round"]  # 72 train images: one validation round per epoch
     assert info["rounds_per_epoch"] == 1 and info["epochs_run"] == len(hist) <= 12
@@ -140,7 +142,8 @@ def test_training_stops_early_and_keeps_the_best_epoch(tmp_path):
     assert all(h >= hist[best] * (1 - 1e-3) for h in hist[best + 1 :])
     if info["stopped_early"]:
         assert len(hist) - 1 - best == 2
-    # the kept weights are the best epoch's: its validation loss is reproduced
+    # the kept weights are the best epoch's (with ema_images, the average validated then): its
+    # validation loss is reproduced
     val = images[(images["split"] == "val") & (images["duplicate_of"] < 0)]
     arr, ok = load_images(val["path_bytes"].tolist(), model.image_size)
     assert ok.all()
@@ -154,6 +157,33 @@ def test_training_stops_early_and_keeps_the_best_epoch(tmp_path):
     t, b = fit_calibration(logit.numpy(), val["label"].to_numpy(), train["label"].mean())
     assert info["temperature"] == pytest.approx(t, rel=1e-4) == float(model.temperature)
     assert info["logit_shift"] == pytest.approx(b, abs=1e-4) == float(model.logit_shift)
+
+
+@pytest.mark.slow
+def test_weight_average_is_validated_while_the_raw_weights_train_on(tmp_path):
+    """--ema-images changes what is validated and kept, not how the raw weights train: the
+    training losses are the same step for step, the validation losses are not."""
+    import torch
+
+    from pipeline import ingest
+    from pipeline.config import EncoderConfig
+    from pipeline.encoder import create_encoder
+    from pipeline.synthetic import make_planted_dataset
+    from pipeline.train import train_encoder
+    from tests.conftest import TINY
+
+    make_planted_dataset(tmp_path, 40, 40, seed=3)
+    images = ingest.finalize(ingest.inspect_candidates(ingest.discover(tmp_path), 10**8, 8)[0])
+    runs = {}
+    for ema_images in (0, 32):
+        torch.manual_seed(0)
+        model = create_encoder(EncoderConfig(model_name=TINY))
+        cfg = TrainConfig(epochs=3, patience=30, lr=5e-3, ema_images=ema_images)
+        runs[ema_images] = train_encoder(model, images, cfg)["history"]
+    raw, avg = runs[0], runs[32]
+    assert len(raw) == len(avg) == 3
+    assert [h["train_loss"] for h in raw] == [h["train_loss"] for h in avg]
+    assert all(a["val_loss"] != b["val_loss"] for a, b in zip(raw, avg))
 
 
 def test_val_separation_is_the_auc_and_the_lower_end_of_its_interval():
