@@ -462,6 +462,22 @@ def dask_mapper(client):
     return mapper
 
 
+# scikit-learn modules that stages import lazily, some of them in a background thread (the
+# layout beside the pattern stage, UMAP's warm-up beside training; UMAP imports scikit-learn)
+SHARED_MODULES = ("sklearn.base", "sklearn.cluster", "sklearn.decomposition", "sklearn.metrics")
+
+
+def import_shared_modules() -> None:
+    """Import SHARED_MODULES in this thread before any background thread starts: two threads
+    that import scikit-learn's circular package at once can see it half-initialised (a clean-
+    clone test run, 2026-12-03: "cannot import name 'clone' from partially initialized module
+    'sklearn.base'" in the pattern stage's k-means while the layout's PCA imported it)."""
+    import importlib
+
+    for name in SHARED_MODULES:
+        importlib.import_module(name)
+
+
 def stage_layout(cfg: RunConfig, paths: RunPaths, images: pd.DataFrame, client=None) -> dict:
     from .metrics import detection_metrics
     from .schema import DISTILLED_COLUMNS
@@ -564,6 +580,7 @@ def run_pipeline(cfg: RunConfig, fresh: bool = False) -> RunPaths:
         meta.setdefault("resources", {})[name] = peak_rss(client)
         write_json(paths.run_json, meta)
 
+    import_shared_modules()  # before any stage runs in a background thread
     with dask_client(cfg) as client:
         _say(cfg, f"Dask dashboard: {client.dashboard_link}")
         if cfg.layout == "umap" and not paths.features.exists() and model_resources(client):

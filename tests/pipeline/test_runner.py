@@ -279,3 +279,26 @@ def test_ingest_in_waves_gives_the_same_table(small_set, dask_scheduler, tmp_pat
             tables.append(read_table(paths.images, IMAGE_COLUMNS))
     for other in tables[1:]:
         pd.testing.assert_frame_equal(other, tables[0])
+
+
+def test_every_lazy_scikit_learn_import_is_imported_before_background_stages():
+    """Stages import scikit-learn lazily, some in a background thread beside another stage; two
+    threads importing it at once can see it half-initialised, so the runner imports every such
+    module first (pipeline.runner.SHARED_MODULES). A new lazy import must be listed there."""
+    import ast
+    import sys
+    from pathlib import Path
+
+    import pipeline
+    from pipeline.runner import SHARED_MODULES, import_shared_modules
+
+    found = set()
+    for path in Path(pipeline.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("sklearn"):
+                found.add(node.module)
+            elif isinstance(node, ast.Import):
+                found |= {a.name for a in node.names if a.name.startswith("sklearn")}
+    assert found and found <= set(SHARED_MODULES), sorted(found - set(SHARED_MODULES))
+    import_shared_modules()
+    assert all(name in sys.modules for name in SHARED_MODULES)
