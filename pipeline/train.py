@@ -483,7 +483,9 @@ def train_encoder(
             if ema is not None:
                 ema_update(len(idx))
         raw = None
-        if ema is not None:  # validate (and keep) the average; the raw weights train on
+        # validate (and keep) the average, and halve the rate when its loss stalls; the raw
+        # weights train on
+        if ema is not None:
             raw = {k: v.detach().clone() for k, v in model.state_dict().items() if k in ema}
             model.load_state_dict(ema, strict=False)
         z, ok_v = val_logits()
