@@ -144,3 +144,26 @@ def test_new_user_benchmark_runs(tmp_path):
     if float(before["detected_min"]) > 0 and zero == "0.000":
         # some fake of every family detected, none with an empty map: each map's peak is on "it"
         assert after["pointing_min"] == "1.000", out2.stdout
+
+
+def test_token_probe_benchmark_runs():
+    """The probe reads the tokens after the embedding and after every block of a kept encoder
+    (here the committed golden one, on a tiny suite), and a family it does not know is refused
+    with a one-line error."""
+    from pipeline.encoder import load_encoder
+
+    golden = "tests/fixtures/golden-micro.pt"
+    args = ["benchmarks/token_probe.py", "--encoder", golden, "--n-real", "24", "--n-fake", "6"]
+    out = subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=REPO,
+                         timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.strip().splitlines()
+    assert re.fullmatch(r"head=(\d\.\d{3}|nan) probe_best=(\d\.\d{3}|nan) block=\d+",
+                        lines[-1]), lines[-1]  # fmt: skip
+    depth = len(load_encoder(REPO / golden).visual.transformer.resblocks)
+    probes = [ln for ln in lines if ln.startswith("| embedding probe") or ln.startswith("| block ")]
+    assert len(probes) == depth + 1, lines
+    bad = subprocess.run([sys.executable, *args, "--only", "nosuch"], capture_output=True,
+                         text=True, cwd=REPO, timeout=300)  # fmt: skip
+    assert bad.returncode != 0 and "--only must be one of" in bad.stderr
+    assert "Traceback" not in bad.stderr
