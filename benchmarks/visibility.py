@@ -15,6 +15,9 @@ detector reaches 0.95 on four of the suite's five, so there these statistics bou
   `patch` and `bank` stems give the tower, ``pipeline.encoder.patch_energy``);
 - ``seam20``: a matched filter of a 1 px line 20 px long, horizontal or vertical (the suite's seam
   exactly), its response over the same filter's response energy within 15 px (a CFAR detector);
+- ``ridges``: the ``lines`` stem's grey ridges (``pipeline.encoder.grey_ridges``: per 8 px
+  patch, the strongest 1 px ridge all three channels share, along rows or columns, bright or
+  dark, averaged over 8 px of its direction and divided by its RMS within 15 px);
 - ``chroma``: each 8 px patch's mean opponent colour (R-G, B-G) minus its 5 x 5 neighbours'
   median, red up and blue down (the unseen colour disc's shift exactly);
 - ``chroma_dog``: red minus blue, band-passed around the colour disc's radius (a difference of
@@ -40,7 +43,7 @@ import torch
 import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 
-from pipeline.encoder import patch_energy
+from pipeline.encoder import grey_ridges, patch_energy
 from pipeline.synthetic import PLANTERS, SUITE_FAMILIES, UNSEEN_FAMILIES, PhotoCrops, texture
 
 PATCH = 8
@@ -88,6 +91,10 @@ def seam20(x: torch.Tensor) -> torch.Tensor:
     return torch.stack(best).amax(0)
 
 
+def ridges(x: torch.Tensor) -> torch.Tensor:
+    return grey_ridges(x / 255.0, PATCH).flatten(1).amax(1)
+
+
 def chroma(x: torch.Tensor) -> torch.Tensor:
     opp = torch.stack([x[:, 0] - x[:, 1], x[:, 2] - x[:, 1]], 1)
     m = F.avg_pool2d(opp, PATCH)
@@ -101,7 +108,8 @@ def chroma_dog(x: torch.Tensor) -> torch.Tensor:
     return band.flatten(1).amax(1)
 
 
-STATISTICS = {"energy": energy, "seam20": seam20, "chroma": chroma, "chroma_dog": chroma_dog}
+STATISTICS = {"energy": energy, "seam20": seam20, "ridges": ridges, "chroma": chroma,
+              "chroma_dog": chroma_dog}  # fmt: skip
 
 
 def auc(pos: np.ndarray, neg: np.ndarray) -> float:

@@ -113,7 +113,8 @@ def _add_run(sub) -> None:
                    "towers trained from scratch; default: %(default)s)")  # fmt: skip
     m.add_argument("--stem", default=None, choices=STEMS,
                    help="what the tower sees: bank (the residual, its patch energy and a learned "
-                   "filter bank's), patch, forensic, highpass or none (the pixels). Default: "
+                   "filter bank's), lines (bank plus pixel-sharp grey ridges), patch, forensic, "
+                   "highpass or none (the pixels). Default: "
                    "bank for a tower trained from scratch, none for a pretrained one")  # fmt: skip
     t = p.add_argument_group("training")
     t.add_argument("--epochs", type=int, default=TrainConfig.epochs,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-STEMS = ("forensic", "patch", "bank", "highpass", "none")
+STEMS = ("forensic", "patch", "bank", "lines", "highpass", "none")
 MAX_TILES = 8  # tiles per side (64 tiles of the tower's input per image)
 
 
@@ -25,7 +25,9 @@ class EncoderConfig:
     # energy relative to its neighbouring patches; and the same patch energy of a learned bank of
     # 5x5 filters of the residual, i.e. the energy in a trace's own frequency band and
     # orientation, which stands out where the whole band's energy follows the content: 14
-    # channels), "patch" (the same without the bank: 6 channels; the committed demo encoder's),
+    # channels), "lines" (opt-in: "bank" plus 4 channels of pixel-sharp grey ridges along rows
+    # and columns, pipeline.encoder.grey_ridges), "patch" (the same without the bank: 6
+    # channels; the committed demo encoder's),
     # "forensic" (a pixel-wise energy against a blurred surround, which spreads a trace into
     # neighbouring patches; issue 9), "highpass" (the residual alone) or "none" (the pixels, as
     # CLIP was trained). None: "bank" for towers trained from scratch, "none" for pretrained ones
@@ -53,7 +55,7 @@ class EncoderConfig:
         stem = self.stem or ("none" if self.pretrained else "bank")
         if stem not in STEMS:
             raise ValueError(f"stem must be one of {STEMS}, got {self.stem!r}")
-        if stem in ("forensic", "patch", "bank") and self.pretrained:
+        if stem in ("forensic", "patch", "bank", "lines") and self.pretrained:
             raise ValueError(
                 f"the {stem} stem has more than 3 channels, a pretrained tower's first layer "
                 "takes 3: use stem 'highpass' or 'none' with --pretrained"

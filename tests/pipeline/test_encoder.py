@@ -34,7 +34,7 @@ def test_forward_shapes_and_orthogonal_projection():
     assert all(p.requires_grad for p in model.visual.parameters()), "scratch tower must train"
 
 
-@pytest.mark.parametrize("stem", ["forensic", "patch", "bank", "highpass", "none"])
+@pytest.mark.parametrize("stem", ["forensic", "patch", "bank", "lines", "highpass", "none"])
 def test_save_load_round_trip(tmp_path, stem):
     torch.manual_seed(1)
     model = create_encoder(EncoderConfig(model_name=TINY, stem=stem)).eval()
@@ -68,9 +68,38 @@ def test_checkpoint_from_before_the_logit_shift_loads_with_p_fake_unchanged(tmp_
 def test_default_stems_and_the_energy_stems_refused_on_a_pretrained_tower():
     assert EncoderConfig().stem == "bank"
     assert EncoderConfig(pretrained="openai").stem == "none"
-    for stem in ("forensic", "patch", "bank"):
+    for stem in ("forensic", "patch", "bank", "lines"):
         with pytest.raises(ValueError, match="more than 3 channels.*use stem 'highpass'"):
             EncoderConfig(pretrained="openai", stem=stem)
+
+
+def test_grey_ridges_find_a_pixel_sharp_grey_line_in_its_own_patches():
+    """The "lines" stem's channels (horizontal bright, horizontal dark, vertical bright, vertical
+    dark): a +8 grey-level horizontal line one pixel wide on noise of 2 grey levels peaks in
+    the horizontal-bright channel in exactly the patches it crosses; the same line in one colour
+    channel only is not a grey ridge; a per-channel offset changes nothing; transposing the image
+    swaps the horizontal and vertical channels."""
+    from pipeline.encoder import grey_ridges
+
+    g = torch.Generator().manual_seed(3)
+    base = 0.5 + torch.randn(1, 3, 64, 64, generator=g) * (2 / 255)
+    grey = base.clone()
+    grey[0, :, 21, 9:31] += 8 / 255  # crosses patches (2, 1), (2, 2), (2, 3)
+    r = grey_ridges(grey, 8)
+    assert r.shape == (1, 4, 64, 64)
+    per_patch = r[0, 0, ::8, ::8]
+    top3 = {divmod(int(i), 8) for i in per_patch.flatten().topk(3).indices}
+    assert top3 == {(2, 1), (2, 2), (2, 3)}, per_patch
+    clean = grey_ridges(base, 8)[0, 0, ::8, ::8]
+    assert float(per_patch[2, 1:4].min()) > 2 * float(clean.max())
+    assert float(per_patch[2, 1:4].min()) > 2 * float(r[0, 2, 16:24:8, 8:32:8].max())
+    red = base.clone()
+    red[0, 0, 21, 9:31] += 8 / 255
+    assert float(grey_ridges(red, 8)[0, 0, 16, 8:32:8].max()) < float(per_patch[2, 1:4].min()) / 2
+    offset = torch.tensor([0.1, -0.2, 0.05]).view(1, 3, 1, 1)
+    torch.testing.assert_close(grey_ridges(grey + offset, 8), r, rtol=1e-4, atol=1e-4)
+    flipped = grey_ridges(grey.transpose(2, 3), 8)
+    torch.testing.assert_close(flipped[:, [2, 3, 0, 1]].transpose(2, 3), r, rtol=1e-4, atol=1e-4)
 
 
 def test_bank_stem_is_local_and_its_filters_train():
