@@ -26,7 +26,8 @@ class EncoderConfig:
     # 5x5 filters of the residual, i.e. the energy in a trace's own frequency band and
     # orientation, which stands out where the whole band's energy follows the content: 14
     # channels), "lines" (opt-in: "bank" plus 4 channels of pixel-sharp grey ridges along rows
-    # and columns, pipeline.encoder.grey_ridges), "patch" (the same without the bank: 6
+    # and columns, pipeline.encoder.grey_ridges; on the planted suite it made the photographs
+    # worse, README), "patch" (the same without the bank: 6
     # channels; the committed demo encoder's),
     # "forensic" (a pixel-wise energy against a blurred surround, which spreads a trace into
     # neighbouring patches; issue 9), "highpass" (the residual alone) or "none" (the pixels, as
